@@ -1,0 +1,138 @@
+//! The command line: `Cli` and its subcommands, and [`run`], which builds the
+//! runtime and hands each command to its module in `cli/`.
+//!
+//! Commands that act on a running daemon go through its control socket;
+//! commands that need the database with no daemon running take the data-dir
+//! lock and start PostgreSQL themselves.
+
+mod config_cmd;
+mod database;
+mod logs;
+mod migrate;
+mod psql;
+mod run;
+mod status;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Loaded, Overrides};
+
+/// The PagoDirecto CRM server: its own PostgreSQL, API and web app in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "pagodirecto", version, about)]
+pub struct Cli {
+    /// Config file [default: /etc/pagodirecto/pagodirecto.toml when it exists]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: /var/lib/pagodirecto as root, else the XDG data dir]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the appliance in the foreground (as systemd does)
+    Run {
+        /// Address to listen on; repeat for several [default: 127.0.0.1:8080]
+        #[arg(long, value_name = "ADDR")]
+        listen: Vec<SocketAddr>,
+    },
+    /// Show what the running daemon is doing
+    Status {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the daemon's and PostgreSQL's logs
+    Logs {
+        /// Keep printing new lines
+        #[arg(short, long)]
+        follow: bool,
+        /// How many lines to show
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+        /// Only lines from this part
+        #[arg(long, value_enum)]
+        service: Option<logs::ServiceArg>,
+    },
+    /// Apply database migrations, or show them
+    Migrate {
+        /// List migrations and whether each is applied
+        #[arg(long)]
+        status: bool,
+    },
+    /// An interactive psql on the private socket (arguments after -- go to psql)
+    Psql {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Check or show the configuration
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Validate the configuration; exit 0 when valid
+    Check,
+    /// Print the effective configuration, secrets redacted
+    Show,
+}
+
+/// Runs `cli`; the exit code says how it went.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("pagodirecto")
+        .build()
+        .context("starting the async runtime")?;
+    let Cli {
+        config,
+        data_dir,
+        command,
+    } = cli;
+    let listen = match &command {
+        Command::Run { listen } => listen.clone(),
+        _ => Vec::new(),
+    };
+    let load = || {
+        Config::load(
+            config.as_deref(),
+            &Overrides {
+                data_dir: data_dir.clone(),
+                listen: listen.clone(),
+            },
+        )
+    };
+    match command {
+        Command::Config { action } => config_cmd::run(&action, load()),
+        Command::Run { .. } => runtime.block_on(run::run(load()?)),
+        Command::Status { json } => runtime.block_on(status::run(&load()?, json)),
+        Command::Logs {
+            follow,
+            lines,
+            service,
+        } => logs::run(&load()?, follow, lines, service),
+        Command::Migrate { status } => runtime.block_on(migrate::run(load()?, status)),
+        Command::Psql { args } => runtime.block_on(psql::run(load()?, args)),
+    }
+}
+
+/// Logging for commands other than `run`: stderr only, warnings and up
+/// unless the config asks for more.
+fn init_cli_logging(loaded: &Loaded) {
+    let mut cfg = loaded.config.logging.clone();
+    if cfg.level == "info" {
+        cfg.level = "warn".into();
+    }
+    let _ = crate::logging::init(&cfg, None);
+}

@@ -1,0 +1,112 @@
+//! `pagodirecto status`: asks the running daemon over its control socket;
+//! never touches the data dir itself.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::config::Loaded;
+use crate::control::{self, Request, StatusReport};
+
+/// LSB's "program is not running" for status actions.
+const NOT_RUNNING: u8 = 3;
+
+pub async fn run(loaded: &Loaded, json: bool) -> Result<ExitCode> {
+    let socket = loaded.config.paths().control_socket();
+    let value = match control::call(&socket, &Request::Status).await {
+        Ok(value) => value,
+        Err(err @ control::Error::NotRunning { .. }) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "running": false, "error": err.to_string() })
+                );
+            } else {
+                eprintln!("pagodirecto: {err}");
+            }
+            return Ok(ExitCode::from(NOT_RUNNING));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report: StatusReport = serde_json::from_value(value)?;
+    print!("{}", render(&report));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render(r: &StatusReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "pagodirecto {} (pid {}), up {}",
+        r.version,
+        r.pid,
+        human_secs(r.uptime_secs)
+    );
+    let _ = writeln!(out, "  ready:     {}", if r.ready { "yes" } else { "NO" });
+    let _ = writeln!(out, "  listening: {}", r.listen.join(", "));
+    let _ = writeln!(out, "  data dir:  {}", r.data_dir.display());
+    let _ = writeln!(out, "  config:    {}", r.config_source);
+    let pg = &r.postgres;
+    let _ = writeln!(
+        out,
+        "postgres {} ({}, {}) as {}",
+        pg.version,
+        pg.origin,
+        pg.bin_dir.display(),
+        pg.os_user.as_deref().unwrap_or("the daemon's user")
+    );
+    let _ = writeln!(
+        out,
+        "  state:     {}{} for {}",
+        pg.state,
+        pg.pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        human_secs(pg.state_since_secs)
+    );
+    let _ = writeln!(
+        out,
+        "  restarts:  {}{}",
+        pg.restarts,
+        pg.last_exit
+            .as_ref()
+            .map(|e| format!(" (last exit: {e})"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(out, "checks");
+    for check in &r.checks {
+        let _ = writeln!(
+            out,
+            "  {:<10} {:<4} {}",
+            check.name,
+            if check.ok { "ok" } else { "FAIL" },
+            check.detail
+        );
+    }
+    out
+}
+
+fn human_secs(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_secs;
+
+    #[test]
+    fn uptimes_read_like_a_human_wrote_them() {
+        assert_eq!(human_secs(5), "5s");
+        assert_eq!(human_secs(125), "2m5s");
+        assert_eq!(human_secs(7260), "2h1m");
+        assert_eq!(human_secs(90000), "1d1h");
+    }
+}

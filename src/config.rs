@@ -1,0 +1,619 @@
+//! The configuration: one TOML file, overridden by `PAGODIRECTO_<SECTION>__<KEY>`
+//! environment variables, overridden by command-line flags.
+//!
+//! Called by `cli` (which loads it) and `daemon` (which hands each subsystem
+//! its own section). Imports nothing from the crate but `paths`.
+//!
+//! Invariant: [`Config::load`] is the only constructor of a [`Config`], and it
+//! validates, so nothing downstream re-checks a value. Every error names the
+//! key and where its value came from (the file, or the environment variable).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::paths::Paths;
+
+/// Where the config is looked for when `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/pagodirecto/pagodirecto.toml";
+const ENV_PREFIX: &str = "PAGODIRECTO_";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where all state lives; `/var/lib/pagodirecto` for root, else the XDG data dir.
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub limits: LimitsConfig,
+    pub logging: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Addresses to listen on; port 0 picks a free port (see `run/http.addr`).
+    pub listen: Vec<SocketAddr>,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Use the PostgreSQL binaries in this directory and nowhere else.
+    pub bin_dir: Option<PathBuf>,
+    /// The PostgreSQL version downloaded when no binaries are found
+    /// (a theseus-rs/postgresql-binaries release, e.g. "16.4.0").
+    pub version: String,
+    /// Base URL of the release source that downloads come from:
+    /// `<mirror>/<version>/postgresql-<version>-<target>.tar.gz` (+ `.sha256`).
+    pub mirror: String,
+    /// Whether a missing PostgreSQL may be downloaded at start.
+    pub download: bool,
+    /// The account postgres runs as when the daemon is root.
+    /// Default: `pagodirecto`, else `postgres`, whichever exists.
+    pub os_user: Option<String>,
+    /// The database the application uses.
+    pub name: String,
+    /// Port number; with no TCP it only names the socket file.
+    pub port: u16,
+    /// TCP addresses for postgres (`listen_addresses`); empty = Unix socket only.
+    pub listen_addresses: String,
+    /// How long postgres may take to accept connections after a (re)start.
+    #[serde(with = "humantime_serde")]
+    pub start_timeout: Duration,
+    /// postgresql.conf settings that win over the ones derived from `[limits]`.
+    pub settings: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Memory budget for PostgreSQL: shared_buffers, work_mem… derive from it.
+    pub postgres_memory: ByteSize,
+    /// PostgreSQL `max_connections`.
+    pub max_connections: u32,
+    /// Connections the daemon's pool may open (must leave room for tools).
+    pub pool_size: u32,
+    /// Free space below which the data dir counts as full: `/ready` fails.
+    pub disk_reserve: ByteSize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `pagodirecto=debug,postgres=warn`.
+    pub level: String,
+    /// Directory for the rolling files; default `<data_dir>/logs`.
+    pub directory: Option<PathBuf>,
+    pub format: LogFormat,
+    /// Daily files older than this many days are deleted.
+    pub keep_days: u32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            limits: LimitsConfig::default(),
+            logging: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            bin_dir: None,
+            version: "16.4.0".into(),
+            mirror: "https://github.com/theseus-rs/postgresql-binaries/releases/download".into(),
+            download: true,
+            os_user: None,
+            name: "pagodirecto".into(),
+            port: 5432,
+            listen_addresses: String::new(),
+            start_timeout: Duration::from_secs(60),
+            settings: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            postgres_memory: ByteSize::mib(512),
+            max_connections: 40,
+            pool_size: 16,
+            disk_reserve: ByteSize::mib(512),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            directory: None,
+            format: LogFormat::Text,
+            keep_days: 14,
+        }
+    }
+}
+
+/// `/var/lib/pagodirecto` for root (the packaged service), else the XDG data
+/// dir, so a laptop user never needs write access to /var.
+#[must_use]
+pub fn default_data_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/pagodirecto");
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("pagodirecto")
+}
+
+/// Values given on the command line; they win over the file and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Vec<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration:\n{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// Where the config was read from, for messages and `config show`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    File(PathBuf),
+    Defaults,
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Defaults => f.write_str("built-in defaults"),
+        }
+    }
+}
+
+/// A validated configuration and the file it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub source: ConfigSource,
+}
+
+impl Config {
+    /// Reads `explicit` (or the default file when it exists), applies the
+    /// environment and `overrides`, and validates.
+    pub fn load(explicit: Option<&Path>, overrides: &Overrides) -> Result<Loaded, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_with_env(explicit, Path::new(DEFAULT_CONFIG_FILE), overrides, &env)
+    }
+
+    /// [`Config::load`] with the environment and default location passed in, for tests.
+    pub fn load_with_env(
+        explicit: Option<&Path>,
+        default_file: &Path,
+        overrides: &Overrides,
+        env: &[(String, String)],
+    ) -> Result<Loaded, ConfigError> {
+        let file = match explicit {
+            Some(path) => Some(path.to_path_buf()),
+            None => default_file.exists().then(|| default_file.to_path_buf()),
+        };
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let source = match file {
+            Some(path) => {
+                // Read it ourselves first: figment treats a missing file as empty,
+                // and an unreadable one must be an error that names it.
+                std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                figment = figment.merge(Toml::file_exact(&path));
+                ConfigSource::File(path)
+            }
+            None => ConfigSource::Defaults,
+        };
+        figment = figment.merge(EnvVars(env.to_vec()));
+        if let Some(dir) = &overrides.data_dir {
+            figment = figment.merge(Serialized::default("data_dir", dir));
+        }
+        if !overrides.listen.is_empty() {
+            figment = figment.merge(Serialized::default("server.listen", &overrides.listen));
+        }
+        let config: Config = figment
+            .extract()
+            .map_err(|err| ConfigError::Invalid(describe(err)))?;
+        let problems = config.problems();
+        if !problems.is_empty() {
+            let at = |key: &str| origin(&figment, key);
+            return Err(ConfigError::Invalid(
+                problems
+                    .into_iter()
+                    .map(|(key, msg)| format!("{key}: {msg} ({})", at(key)))
+                    .collect(),
+            ));
+        }
+        Ok(Loaded { config, source })
+    }
+
+    /// Parses a TOML string on top of the defaults, with no environment: for tests.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().map_err(|source| ConfigError::Read {
+            path: "tmp".into(),
+            source,
+        })?;
+        let path = dir.path().join("pagodirecto.toml");
+        std::fs::write(&path, text).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::load_with_env(
+            Some(&path),
+            Path::new("/nonexistent"),
+            &Overrides::default(),
+            &[],
+        )
+        .map(|loaded| loaded.config)
+    }
+
+    /// Checks that serde cannot express. Returns `(key, problem)` pairs.
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if !self.data_dir.is_absolute() {
+            out.push((
+                "data_dir",
+                format!("must be an absolute path, not {:?}", self.data_dir),
+            ));
+        }
+        if self.server.listen.is_empty() {
+            out.push(("server.listen", "needs at least one address".into()));
+        }
+        if self.limits.postgres_memory < ByteSize::mib(64) {
+            out.push((
+                "limits.postgres_memory",
+                format!(
+                    "{} is too small for PostgreSQL; at least 64 MiB",
+                    self.limits.postgres_memory
+                ),
+            ));
+        }
+        if self.limits.max_connections < 5 {
+            out.push(("limits.max_connections", "must be at least 5".into()));
+        }
+        if self.limits.pool_size == 0 || self.limits.pool_size + 3 > self.limits.max_connections {
+            out.push((
+                "limits.pool_size",
+                format!(
+                    "must be between 1 and limits.max_connections - 3 ({}), leaving room for backups and psql",
+                    self.limits.max_connections.saturating_sub(3)
+                ),
+            ));
+        }
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.logging.level) {
+            out.push((
+                "logging.level",
+                format!("{:?} is not a valid filter: {err}", self.logging.level),
+            ));
+        }
+        if self.logging.keep_days == 0 {
+            out.push(("logging.keep_days", "must be at least 1".into()));
+        }
+        if self.database.start_timeout < Duration::from_secs(1) {
+            out.push(("database.start_timeout", "must be at least 1s".into()));
+        }
+        if self.database.name.is_empty()
+            || !self
+                .database
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            out.push((
+                "database.name",
+                "must be letters, digits and underscores".into(),
+            ));
+        }
+        for key in self.database.settings.keys() {
+            if !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            {
+                out.push((
+                    "database.settings",
+                    format!("{key:?} is not a PostgreSQL setting name"),
+                ));
+            }
+        }
+        out
+    }
+
+    #[must_use]
+    pub fn paths(&self) -> Paths {
+        Paths::new(self.data_dir.clone(), self.logging.directory.clone())
+    }
+
+    /// The config as TOML with secrets replaced, for `config show`.
+    #[must_use]
+    pub fn to_redacted_toml(&self) -> String {
+        // No key holds a secret yet: passwords are generated into the data dir,
+        // never written in the config. Keys that will hold one (a database URL
+        // with a password) must be redacted here.
+        toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+    }
+}
+
+/// `PAGODIRECTO_<SECTION>__<KEY>` variables as a figment provider.
+///
+/// figment's own `Env` reads the live process environment; this one reads a
+/// snapshot, so tests pass their own and a loaded config never depends on
+/// when it was read. Values parse like `Env`'s: `60` is a number, `true` a bool.
+struct EnvVars(Vec<(String, String)>);
+
+impl figment::Provider for EnvVars {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable(s)")
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut dict = figment::value::Dict::new();
+        for (name, value) in &self.0 {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            if key.split('.').any(str::is_empty) {
+                continue;
+            }
+            let parsed: figment::value::Value =
+                value.parse().expect("figment's value parse is infallible");
+            if let Some(nested) = figment::util::nest(&key, parsed).into_dict() {
+                dict = merge_dicts(dict, nested);
+            }
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+fn merge_dicts(
+    mut base: figment::value::Dict,
+    other: figment::value::Dict,
+) -> figment::value::Dict {
+    use figment::value::Value;
+    for (key, value) in other {
+        let merged = match (base.remove(&key), value) {
+            (Some(Value::Dict(_, a)), Value::Dict(tag, b)) => Value::Dict(tag, merge_dicts(a, b)),
+            (_, value) => value,
+        };
+        base.insert(key, merged);
+    }
+    base
+}
+
+/// Turns figment's errors into one line each: `key: problem (where)`.
+fn describe(err: figment::Error) -> Vec<String> {
+    err.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let problem = match &e.kind {
+                figment::error::Kind::UnknownField(_, expected) => {
+                    format!("unknown key (known keys here: {})", expected.join(", "))
+                }
+                kind => kind.to_string(),
+            };
+            let mut line = if key.is_empty() {
+                problem
+            } else {
+                format!("{key}: {problem}")
+            };
+            if let Some(md) = &e.metadata {
+                let _ = write!(line, " ({})", source_name(md, &key));
+            }
+            line
+        })
+        .collect()
+}
+
+fn origin(figment: &Figment, key: &str) -> String {
+    figment
+        .find_metadata(key)
+        .map_or_else(|| "built-in default".to_string(), |md| source_name(md, key))
+}
+
+fn source_name(md: &figment::Metadata, key: &str) -> String {
+    match &md.source {
+        Some(figment::Source::File(path)) => format!("in {}", path.display()),
+        _ if md.name.contains("environment") => {
+            format!(
+                "from environment variable {ENV_PREFIX}{}",
+                key.to_ascii_uppercase().replace('.', "__")
+            )
+        }
+        _ if md.name.contains("Serialized") => "from the command line or defaults".to_string(),
+        _ => format!("from {}", md.name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check_invalid(toml: &str, expected: &str) {
+        let err = Config::from_toml(toml).expect_err("config should be refused");
+        let text = err.to_string();
+        assert!(text.contains(expected), "expected {expected:?} in:\n{text}");
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::from_toml("").expect("defaults");
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_file() {
+        check_invalid(
+            "[server]\nlisten_on = []",
+            "server.listen_on: unknown key (known keys here: listen, drain_timeout)",
+        );
+        check_invalid("[server]\nlisten_on = []", "pagodirecto.toml");
+        check_invalid("[serverz]\n", "serverz: unknown key");
+    }
+    #[test]
+    fn bad_value_names_the_key() {
+        check_invalid(
+            "[limits]\nmax_connections = \"many\"",
+            "limits.max_connections: invalid type",
+        );
+        check_invalid("[server]\nlisten = [\"localhost\"]", "server.listen");
+        check_invalid("[logging]\nformat = \"xml\"", "logging.format");
+    }
+    #[test]
+    fn semantic_checks_name_the_key() {
+        check_invalid(
+            "[limits]\npostgres_memory = \"16MiB\"",
+            "limits.postgres_memory: 16.0 MiB is too small",
+        );
+        check_invalid(
+            "[limits]\npool_size = 100",
+            "limits.pool_size: must be between",
+        );
+        check_invalid("[logging]\nlevel = \"info,[\"", "logging.level");
+        check_invalid(
+            "data_dir = \"relative\"",
+            "data_dir: must be an absolute path",
+        );
+    }
+    #[test]
+    fn sizes_and_durations_parse_from_human_units() {
+        let config = Config::from_toml(
+            "[limits]\npostgres_memory = \"1GiB\"\n[server]\ndrain_timeout = \"30s\"",
+        )
+        .expect("valid");
+        assert_eq!(config.limits.postgres_memory, ByteSize::gib(1));
+        assert_eq!(config.server.drain_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_flags_override_both() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[limits]\nmax_connections = 50\npool_size = 10\n").expect("write");
+        let env = vec![
+            (
+                "PAGODIRECTO_LIMITS__MAX_CONNECTIONS".to_string(),
+                "60".to_string(),
+            ),
+            ("PAGODIRECTO_DATA_DIR".to_string(), "/srv/pd".to_string()),
+        ];
+        let loaded = Config::load_with_env(
+            Some(&path),
+            Path::new("/nonexistent"),
+            &Overrides::default(),
+            &env,
+        )
+        .expect("valid");
+        assert_eq!(loaded.config.limits.max_connections, 60);
+        assert_eq!(loaded.config.limits.pool_size, 10);
+        assert_eq!(loaded.config.data_dir, PathBuf::from("/srv/pd"));
+
+        let overrides = Overrides {
+            data_dir: Some("/flag".into()),
+            listen: vec!["127.0.0.1:0".parse().expect("addr")],
+        };
+        let loaded =
+            Config::load_with_env(Some(&path), Path::new("/nonexistent"), &overrides, &env)
+                .expect("valid");
+        assert_eq!(loaded.config.data_dir, PathBuf::from("/flag"));
+        assert_eq!(loaded.config.server.listen, overrides.listen);
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_the_variable() {
+        let env = vec![(
+            "PAGODIRECTO_LIMITS__MAX_CONNECTIONS".to_string(),
+            "lots".to_string(),
+        )];
+        let err =
+            Config::load_with_env(None, Path::new("/nonexistent"), &Overrides::default(), &env)
+                .expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("PAGODIRECTO_LIMITS__MAX_CONNECTIONS"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_missing_explicit_file_is_an_error_naming_it() {
+        let err = Config::load_with_env(
+            Some(Path::new("/nonexistent/pd.toml")),
+            Path::new("/nonexistent"),
+            &Overrides::default(),
+            &[],
+        )
+        .expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            "cannot read config file /nonexistent/pd.toml"
+        );
+    }
+
+    #[test]
+    fn the_default_file_is_used_only_when_it_exists() {
+        let loaded = Config::load_with_env(
+            None,
+            Path::new("/nonexistent/x.toml"),
+            &Overrides::default(),
+            &[],
+        )
+        .expect("defaults");
+        assert_eq!(loaded.source, ConfigSource::Defaults);
+    }
+}

@@ -1,0 +1,231 @@
+//! The control socket: how the CLI talks to a running daemon.
+//!
+//! A Unix socket (0600) in the runtime dir; one JSON request per line, one
+//! JSON response per line. The daemon answers requests in its event loop;
+//! this module only carries them, so it knows nothing of the daemon.
+//!
+//! Invariant: only the account that runs the daemon (and root) can connect:
+//! the socket is created in a 0700 directory and set 0600 before use.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+}
+
+/// The answer to [`Request::Status`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub data_dir: PathBuf,
+    pub config_source: String,
+    pub listen: Vec<String>,
+    pub ready: bool,
+    pub checks: Vec<CheckReport>,
+    pub postgres: PostgresReport,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PostgresReport {
+    pub state: String,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    pub state_since_secs: u64,
+    pub version: String,
+    pub bin_dir: PathBuf,
+    pub origin: String,
+    pub os_user: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Reply {
+    Ok(serde_json::Value),
+    Error(String),
+}
+
+/// A request waiting for the daemon's answer.
+pub type Pending = (Request, oneshot::Sender<Result<serde_json::Value, String>>);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("pagodirecto is not running (no daemon answers on {path})")]
+    NotRunning { path: PathBuf },
+    #[error("cannot bind the control socket {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("talking to the daemon on {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the daemon answered something unexpected: {0}")]
+    Protocol(String),
+    #[error("the daemon refused: {0}")]
+    Refused(String),
+}
+
+/// Binds the socket, replacing a stale one (we hold the data-dir lock, so
+/// no live daemon owns it).
+pub fn bind(path: &Path) -> Result<UnixListener, Error> {
+    let bind_err = |source| Error::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(bind_err(err)),
+    }
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    Ok(listener)
+}
+
+/// Accepts connections until `cancel`, forwarding each request to `requests`.
+pub async fn serve(
+    listener: UnixListener,
+    requests: mpsc::Sender<Pending>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            () = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => { debug!(%err, "control accept failed"); continue; }
+            },
+        };
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            if let Err(err) = answer(stream, requests).await {
+                debug!(%err, "control connection failed");
+            }
+        });
+    }
+}
+
+async fn answer(stream: UnixStream, requests: mpsc::Sender<Pending>) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        let reply = match serde_json::from_str::<Request>(&line) {
+            Err(err) => Reply::Error(format!("bad request: {err}")),
+            Ok(request) => {
+                let (tx, rx) = oneshot::channel();
+                if requests.send((request, tx)).await.is_err() {
+                    Reply::Error("the daemon is shutting down".into())
+                } else {
+                    match rx.await {
+                        Ok(Ok(value)) => Reply::Ok(value),
+                        Ok(Err(err)) => Reply::Error(err),
+                        Err(_) => Reply::Error("the daemon is shutting down".into()),
+                    }
+                }
+            }
+        };
+        let mut out = serde_json::to_vec(&reply).map_err(io::Error::other)?;
+        out.push(b'\n');
+        write.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+/// Sends one request to the daemon whose control socket is `path`.
+pub async fn call(path: &Path, request: &Request) -> Result<serde_json::Value, Error> {
+    let io_err = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let stream = match UnixStream::connect(path).await {
+        Ok(stream) => stream,
+        Err(err)
+            if matches!(
+                err.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(Error::NotRunning {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(err) => return Err(io_err(err)),
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(request).map_err(|e| Error::Protocol(e.to_string()))?;
+    line.push(b'\n');
+    write.write_all(&line).await.map_err(io_err)?;
+    let answer = BufReader::new(read)
+        .lines()
+        .next_line()
+        .await
+        .map_err(io_err)?;
+    let answer =
+        answer.ok_or_else(|| Error::Protocol("connection closed without an answer".into()))?;
+    match serde_json::from_str::<Reply>(&answer).map_err(|e| Error::Protocol(e.to_string()))? {
+        Reply::Ok(value) => Ok(value),
+        Reply::Error(err) => Err(Error::Refused(err)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt as _;
+
+    #[tokio::test]
+    async fn a_request_reaches_the_daemon_and_its_answer_comes_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("control.sock");
+        let listener = bind(&path).expect("bind");
+        assert_eq!(
+            std::fs::metadata(&path).expect("meta").mode() & 0o777,
+            0o600
+        );
+        let (tx, mut rx) = mpsc::channel::<Pending>(4);
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve(listener, tx, cancel.clone()));
+        tokio::spawn(async move {
+            while let Some((request, reply)) = rx.recv().await {
+                assert_eq!(request, Request::Status);
+                let _ = reply.send(Ok(serde_json::json!({"pong": true})));
+            }
+        });
+        let value = call(&path, &Request::Status).await.expect("answer");
+        assert_eq!(value["pong"], true);
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn no_socket_means_not_running() {
+        let err = call(Path::new("/nonexistent/control.sock"), &Request::Status)
+            .await
+            .expect_err("none");
+        assert!(matches!(err, Error::NotRunning { .. }), "{err}");
+    }
+}

@@ -1,0 +1,369 @@
+//! The composition root: the only module that knows the whole system.
+//!
+//! Start order: lock the data dir → find binaries → prepare the cluster →
+//! start postgres and wait until it accepts connections → create the
+//! database and migrate → open the pool → bind listeners → control socket →
+//! serve. Then one event loop ([`Event`]) until shutdown, which runs in
+//! reverse: stop accepting and drain HTTP, close the control socket, stop
+//! postgres last.
+//!
+//! Subsystems report on channels in their own types; only this module turns
+//! them into [`Event`]s, so nothing below imports `daemon`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, Result};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Config, Loaded};
+use crate::control::{self, CheckReport, PostgresReport, Request, StatusReport};
+use crate::health::Health;
+use crate::lock::DataDirLock;
+use crate::paths::Paths;
+use crate::postgres::{self, Cluster, State};
+use crate::secrets::SecretFile;
+use crate::{fsutil, http, migrate};
+
+/// Where the application role's password is kept, under `Paths::secrets_dir`.
+pub const APP_SECRET: &str = "postgres-app.password";
+
+/// Every reason the daemon acts once it serves. Closed on purpose: to learn
+/// what can happen at runtime, read this enum.
+enum Event {
+    Shutdown(&'static str),
+    /// Supervision of postgres ended: a crash loop, or a stop we asked for.
+    PostgresFinished(Result<(), postgres::Error>),
+    PostgresChanged(postgres::Status),
+    Control(Request, oneshot::Sender<Result<serde_json::Value, String>>),
+    Reload,
+}
+
+/// Runs the appliance until SIGTERM/SIGINT (`Ok`) or an unrecoverable failure.
+pub async fn run(loaded: Loaded) -> Result<()> {
+    let started = Instant::now();
+    let Loaded { config, source } = loaded;
+    let paths = config.paths();
+    info!(version = env!("CARGO_PKG_VERSION"), config = %source, data_dir = %paths.data_dir().display(), "starting");
+
+    let mut signals = Signals::new()?;
+    fsutil::ensure_dir(paths.data_dir(), 0o700)
+        .with_context(|| format!("creating the data dir {}", paths.data_dir().display()))?;
+    let _lock = DataDirLock::acquire(&paths.lock_file(), paths.data_dir())?;
+    clear_runtime_files(&paths);
+
+    let binaries = postgres::binaries::locate(&config.database, &paths.pg_installs())
+        .await
+        .context("finding PostgreSQL binaries")?;
+    let cluster = Cluster::prepare(&config.database, &config.limits, &paths, binaries)
+        .await
+        .context("preparing the PostgreSQL cluster")?;
+
+    let stop_postgres = CancellationToken::new();
+    let mut server = cluster.start(stop_postgres.clone());
+    tokio::select! {
+        ready = server.wait_ready() => {
+            if let Err(err) = ready {
+                let finished = server.finished().await;
+                return Err(finished.err().map_or_else(|| err.into(), anyhow::Error::from)).context("starting postgres");
+            }
+        }
+        name = signals.next_stop() => {
+            info!(signal = name, "stopping before postgres was ready");
+            stop_postgres.cancel();
+            server.finished().await.context("stopping postgres")?;
+            return Ok(());
+        }
+    }
+
+    let owner = cluster.account().map(|a| (a.uid, a.gid));
+    let app_password = SecretFile::new(&paths.secrets_dir(), APP_SECRET).load_or_create(owner)?;
+    let bootstrapped = bootstrap(&cluster, &config, &app_password).await;
+    if let Err(err) = bootstrapped {
+        stop_postgres.cancel();
+        let _ = server.finished().await;
+        return Err(err);
+    }
+    let pool = pool(&cluster, &config, &app_password)?;
+
+    let (up_tx, up_rx) = watch::channel(true);
+    let health = Health::new(
+        up_rx,
+        paths.data_dir().to_path_buf(),
+        config.limits.disk_reserve.as_u64(),
+        Some(pool),
+    );
+    health.migrations_applied.store(true, Ordering::Release);
+
+    let listeners = bind(&config.server.listen).await?;
+    let bound: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    if let Some(first) = bound.first() {
+        fsutil::write_atomic(&paths.http_addr_file(), first.to_string().as_bytes(), 0o644)
+            .with_context(|| format!("writing {}", paths.http_addr_file().display()))?;
+    }
+
+    let (control_tx, mut control_rx) = mpsc::channel(16);
+    let control_listener = control::bind(&paths.control_socket())?;
+    let stop_control = CancellationToken::new();
+    tokio::spawn(control::serve(
+        control_listener,
+        control_tx,
+        stop_control.clone(),
+    ));
+
+    let stop_http = CancellationToken::new();
+    let router = http::router(http::AppState {
+        health: health.clone(),
+    });
+    let http_task = tokio::spawn(http::serve(
+        listeners,
+        router,
+        stop_http.clone(),
+        config.server.drain_timeout,
+    ));
+
+    let mut pg_status = server.status();
+    let urls: Vec<String> = bound.iter().map(|a| format!("http://{a}")).collect();
+    info!(elapsed = ?started.elapsed(), urls = ?urls, "ready");
+
+    let context = StatusContext {
+        config: &config,
+        source: source.to_string(),
+        cluster: &cluster,
+        health: &health,
+        bound: &bound,
+        started,
+    };
+    let outcome = loop {
+        let event = tokio::select! {
+            biased;
+            name = signals.next() => if name == "SIGHUP" { Event::Reload } else { Event::Shutdown(name) },
+            result = server.finished() => Event::PostgresFinished(result),
+            changed = pg_status.changed() => match changed {
+                Ok(()) => Event::PostgresChanged(pg_status.borrow_and_update().clone()),
+                Err(_) => continue,
+            },
+            Some((request, reply)) = control_rx.recv() => Event::Control(request, reply),
+        };
+        match event {
+            Event::Shutdown(name) => {
+                info!(signal = name, "shutting down");
+                break Ok(());
+            }
+            Event::PostgresFinished(result) => {
+                break Err(anyhow::Error::from(
+                    result.err().unwrap_or(postgres::Error::StoppedBeforeReady),
+                ))
+                .context("postgres cannot be kept running");
+            }
+            Event::PostgresChanged(status) => {
+                let up = status.state == State::Ready;
+                if *up_tx.borrow() != up {
+                    if up {
+                        info!(restarts = status.restarts, "postgres is back; ready again");
+                    } else {
+                        warn!(state = status.state.as_str(), last_exit = ?status.last_exit, "postgres is down; not ready");
+                    }
+                    let _ = up_tx.send(up);
+                }
+            }
+            Event::Control(request, reply) => {
+                let answer = match request {
+                    Request::Status => {
+                        serde_json::to_value(context.report(&pg_status.borrow()).await)
+                            .map_err(|e| e.to_string())
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+            Event::Reload => {
+                warn!(
+                    "SIGHUP: live configuration reload is not built yet; restart to apply config changes"
+                );
+            }
+        }
+    };
+
+    // Reverse start order: nothing new comes in, in-flight requests finish,
+    // and only then does the database they need go away.
+    stop_http.cancel();
+    let _ = http_task.await;
+    stop_control.cancel();
+    stop_postgres.cancel();
+    if outcome.is_ok() {
+        server.finished().await.context("stopping postgres")?;
+    }
+    clear_runtime_files(&paths);
+    info!(uptime = ?started.elapsed(), "stopped");
+    outcome
+}
+
+/// Creates the application database, migrates it and sets the app role's
+/// password, as the superuser over the private socket.
+pub(crate) async fn bootstrap(
+    cluster: &Cluster,
+    config: &Config,
+    app_password: &str,
+) -> Result<()> {
+    let name = &config.database.name;
+    let (client, connection) = cluster
+        .superuser_config("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .context("connecting to postgres as the superuser")?;
+    let conn = tokio::spawn(connection);
+    migrate::ensure_database(&client, name).await?;
+    drop(client);
+    let _ = conn.await;
+
+    let (mut client, connection) = cluster
+        .superuser_config(name)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to database {name}"))?;
+    let conn = tokio::spawn(connection);
+    let applied = migrate::run(&mut client).await?;
+    info!(
+        applied,
+        schema_version = migrate::latest_known(),
+        "database schema is current"
+    );
+    migrate::set_app_password(&client, app_password).await?;
+    drop(client);
+    let _ = conn.await;
+    Ok(())
+}
+
+/// The pool the API uses: the application role, bounded, with timeouts so
+/// no request waits forever for a connection while postgres restarts.
+fn pool(cluster: &Cluster, config: &Config, app_password: &str) -> Result<deadpool_postgres::Pool> {
+    let pg = cluster.connect_config(migrate::APP_ROLE, app_password, &config.database.name);
+    let manager = deadpool_postgres::Manager::from_config(
+        pg,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Verified,
+        },
+    );
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(usize::try_from(config.limits.pool_size).unwrap_or(16))
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(2)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .context("building the connection pool")
+}
+
+async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let listener = TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} (server.listen); is another server using it?")
+        })?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Removes the socket and address files a killed daemon may have left, so
+/// the CLI never talks to a file that no daemon answers.
+fn clear_runtime_files(paths: &Paths) {
+    for file in [paths.control_socket(), paths.http_addr_file()] {
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+struct StatusContext<'a> {
+    config: &'a Config,
+    source: String,
+    cluster: &'a Cluster,
+    health: &'a Arc<Health>,
+    bound: &'a [SocketAddr],
+    started: Instant,
+}
+
+impl StatusContext<'_> {
+    async fn report(&self, pg: &postgres::Status) -> StatusReport {
+        let readiness = self.health.check().await;
+        let binaries = self.cluster.binaries();
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            data_dir: self.config.data_dir.clone(),
+            config_source: self.source.clone(),
+            listen: self.bound.iter().map(ToString::to_string).collect(),
+            ready: readiness.ready(),
+            checks: readiness
+                .checks
+                .into_iter()
+                .map(|c| CheckReport {
+                    name: c.name.to_string(),
+                    ok: c.ok,
+                    detail: c.detail,
+                })
+                .collect(),
+            postgres: PostgresReport {
+                state: pg.state.as_str().to_string(),
+                pid: pg.pid,
+                restarts: pg.restarts,
+                last_exit: pg.last_exit.clone(),
+                state_since_secs: SystemTime::now()
+                    .duration_since(pg.since)
+                    .unwrap_or_default()
+                    .as_secs(),
+                version: binaries.version.clone(),
+                bin_dir: binaries.bin_dir.clone(),
+                origin: binaries.origin.as_str().to_string(),
+                os_user: self.cluster.account().map(|a| a.name.clone()),
+            },
+        }
+    }
+}
+
+/// SIGTERM/SIGINT (stop) and SIGHUP (reload), installed before anything
+/// starts so a signal during start-up is not the default "die now".
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        let install = |kind| signal(kind).context("installing signal handlers");
+        Ok(Self {
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+            hup: install(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next SIGTERM or SIGINT; a SIGHUP meanwhile is logged and ignored.
+    async fn next_stop(&mut self) -> &'static str {
+        loop {
+            match self.next().await {
+                "SIGHUP" => warn!("SIGHUP during start-up ignored"),
+                name => return name,
+            }
+        }
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
+        }
+    }
+}

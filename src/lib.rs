@@ -1,0 +1,66 @@
+//! # pagodirecto
+//!
+//! The whole PagoDirecto CRM server in one process: it obtains and
+//! supervises its own PostgreSQL, migrates it, and serves HTTP.
+//!
+//! ## Bird's-eye view
+//!
+//! ```text
+//! pagodirecto run
+//!  ├─ supervisor ── postgres (child, own process group, unprivileged user)
+//!  ├─ HTTP server: /health /ready (the API and web app come next)
+//!  └─ control socket (unix, 0600): the CLI talks to the running daemon
+//! ```
+//!
+//! Start: config → logging → lock the data dir → find PostgreSQL binaries →
+//! initdb on first start → start postgres as a child and wait until it accepts
+//! connections → create the database and migrate (under an advisory lock) →
+//! open the pool → bind listeners → serve. Stop (SIGTERM/SIGINT): stop
+//! accepting, drain, stop postgres, exit 0.
+//!
+//! ## Code map (calls go down, events go up)
+//!
+//! - `main.rs`: parses the command line, maps the outcome to an exit code.
+//! - [`cli`]: one module per subcommand; builds the runtime.
+//! - [`config`]: the TOML file + `PAGODIRECTO_*` environment + flags, validated
+//!   in the only constructor, `Config::load`.
+//! - [`paths`]: every on-disk location, derived from the data dir.
+//! - [`daemon`]: the composition root and event loop; the only module that
+//!   knows every other one.
+//! - [`supervisor`]: generic child supervision (restart, backoff, crash loop,
+//!   stop ladder).
+//! - [`postgres`]: the cluster (initdb, settings, account, binaries) and the
+//!   supervised server's state.
+//! - [`migrate`]: embedded SQL migrations under an advisory lock.
+//! - [`health`]: readiness checks shared by `/ready` and `status`.
+//! - [`http`]: the axum router and server.
+//! - [`control`]: the control socket protocol (server and client).
+//! - [`logging`]: tracing to stderr and daily files; reading them back.
+//! - [`lock`], [`secrets`], [`fsutil`]: the data-dir lock, generated secrets,
+//!   atomic private files.
+//!
+//! ## Invariants
+//!
+//! - No PostgreSQL program runs as root; postgres listens on a private unix
+//!   socket, and on TCP only when configured.
+//! - No postgres outlives its daemon: it is our foreground child with a
+//!   parent-death signal, and leftovers in our PGDATA are stopped before start.
+//! - One daemon per data directory (`flock`).
+//! - Only `daemon` wires subsystems; lower modules get a config section,
+//!   `Paths`, a cancellation token and channels, never the whole `Config`.
+//! - `http` and `control` are the only modules that serialise to the outside.
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod fsutil;
+pub mod health;
+pub mod http;
+pub mod lock;
+pub mod logging;
+pub mod migrate;
+pub mod paths;
+pub mod postgres;
+pub mod secrets;
+pub mod supervisor;

@@ -1,0 +1,256 @@
+//! Logging: tracing to stderr (journald captures it under systemd) and to
+//! daily files in a directory of their own, deleted after `keep_days`.
+//!
+//! Called once by `cli` (the daemon gets files, other commands stderr only).
+//! Also reads the files back for `pagodirecto logs`.
+//!
+//! Invariants: the log directory holds only our files (tracing-appender's
+//! retention deletes everything matching its prefix there), and the returned
+//! [`Guard`] lives as long as `main`, or buffered lines are lost at exit.
+
+use std::io::{self, BufRead as _, Seek as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_appender::rolling::{RollingFileAppender, Rotation};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, reload};
+
+use crate::config::{LogConfig, LogFormat};
+
+/// File names are `pagodirecto.YYYY-MM-DD.log` (dates in UTC).
+pub const FILE_PREFIX: &str = "pagodirecto";
+pub const FILE_SUFFIX: &str = "log";
+/// The tracing target of lines that come from PostgreSQL.
+pub const POSTGRES_TARGET: &str = "postgres";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot create the log directory {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open log files in {path}")]
+    Appender {
+        path: PathBuf,
+        #[source]
+        source: tracing_appender::rolling::InitError,
+    },
+    #[error("a logger is already installed")]
+    AlreadyInstalled,
+}
+
+/// Keeps the file writer flushing and lets the level change at run time.
+pub struct Guard {
+    _file: Option<WorkerGuard>,
+    filter: reload::Handle<EnvFilter, Registry>,
+}
+
+impl Guard {
+    /// Applies a new `[logging] level` (already validated by config).
+    pub fn set_level(&self, level: &str) {
+        if let Ok(filter) = EnvFilter::try_new(level) {
+            let _ = self.filter.reload(filter);
+        }
+    }
+}
+
+type BoxedLayer = Box<
+    dyn Layer<tracing_subscriber::layer::Layered<reload::Layer<EnvFilter, Registry>, Registry>>
+        + Send
+        + Sync,
+>;
+
+/// Installs the global subscriber. `files`: the directory for the daily
+/// files, or `None` for stderr only (CLI commands other than `run`).
+pub fn init(cfg: &LogConfig, files: Option<&Path>) -> Result<Guard, Error> {
+    let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let stderr_is_tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut layers: Vec<BoxedLayer> =
+        vec![format_layer(cfg.format, std::io::stderr, stderr_is_tty)];
+    let mut guard = None;
+    if let Some(dir) = files {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let appender = RollingFileAppender::builder()
+            .rotation(Rotation::DAILY)
+            .filename_prefix(FILE_PREFIX)
+            .filename_suffix(FILE_SUFFIX)
+            .max_log_files(usize::try_from(cfg.keep_days).unwrap_or(usize::MAX))
+            .build(dir)
+            .map_err(|source| Error::Appender {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        // Not lossy: a log line dropped under load is exactly the one needed later.
+        let (writer, file_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .finish(appender);
+        layers.push(format_layer(cfg.format, writer, false));
+        guard = Some(file_guard);
+    }
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(layers)
+        .try_init()
+        .map_err(|_| Error::AlreadyInstalled)?;
+    Ok(Guard {
+        _file: guard,
+        filter: handle,
+    })
+}
+
+fn format_layer<W>(format: LogFormat, writer: W, ansi: bool) -> BoxedLayer
+where
+    W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    match format {
+        LogFormat::Text => Box::new(fmt::layer().with_writer(writer).with_ansi(ansi)),
+        LogFormat::Json => Box::new(
+            fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_writer(writer),
+        ),
+    }
+}
+
+/// Our log files in `dir`, oldest first (the date in the name sorts them).
+pub fn files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with(&format!("{FILE_PREFIX}.")) && n.ends_with(&format!(".{FILE_SUFFIX}"))
+            })
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Which lines `pagodirecto logs --service` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    App,
+    Postgres,
+}
+
+/// Whether `line` (text or JSON format) came from `service`.
+#[must_use]
+pub fn line_is_from(line: &str, service: Service) -> bool {
+    let from_postgres = if line.trim_start().starts_with('{') {
+        serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .is_some_and(|v| v.get("target").and_then(|t| t.as_str()) == Some(POSTGRES_TARGET))
+    } else {
+        // Text: "2026-11-25T20:11:39.123Z  INFO postgres: [123] LOG: …"
+        line.split_whitespace().nth(2) == Some("postgres:")
+    };
+    from_postgres == (service == Service::Postgres)
+}
+
+/// The last `n` lines across `files` that pass `keep`.
+pub fn tail(files: &[PathBuf], n: usize, keep: impl Fn(&str) -> bool) -> io::Result<Vec<String>> {
+    let mut out = std::collections::VecDeque::with_capacity(n.min(10_000));
+    for file in files.iter().rev() {
+        let text = std::fs::read_to_string(file)?;
+        let mut lines: Vec<&str> = text.lines().filter(|l| keep(l)).collect();
+        while out.len() < n {
+            match lines.pop() {
+                Some(line) => out.push_front(line.to_string()),
+                None => break,
+            }
+        }
+        if out.len() >= n {
+            break;
+        }
+    }
+    Ok(out.into())
+}
+
+/// Prints lines appended to the newest file in `dir` as they arrive,
+/// switching to the next file when the day rolls over. Runs until killed.
+pub fn follow(
+    dir: &Path,
+    keep: impl Fn(&str) -> bool,
+    mut print: impl FnMut(&str),
+) -> io::Result<()> {
+    let mut current: Option<(PathBuf, io::BufReader<std::fs::File>)> = None;
+    loop {
+        let newest = files(dir)?.pop();
+        if let Some(newest) = newest {
+            if current.as_ref().is_none_or(|(path, _)| *path != newest) {
+                let mut file = std::fs::File::open(&newest)?;
+                if current.is_none() {
+                    file.seek(io::SeekFrom::End(0))?;
+                }
+                current = Some((newest, io::BufReader::new(file)));
+            }
+        }
+        if let Some((_, reader)) = current.as_mut() {
+            let mut line = String::new();
+            while reader.read_line(&mut line)? > 0 {
+                if line.ends_with('\n') {
+                    let text = line.trim_end();
+                    if keep(text) {
+                        print(text);
+                    }
+                    line.clear();
+                } else {
+                    // A partial line: wait for the writer to finish it.
+                    let back = i64::try_from(line.len()).unwrap_or(0);
+                    reader.seek_relative(-back)?;
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_told_apart_by_target_in_both_formats() {
+        let pg_text = "2026-11-25T20:11:39.123Z  INFO postgres: [123] LOG:  ready";
+        let app_text = "2026-11-25T20:11:39.123Z  INFO pagodirecto::daemon: ready";
+        let pg_json =
+            r#"{"timestamp":"x","level":"INFO","fields":{"message":"m"},"target":"postgres"}"#;
+        let app_json = r#"{"timestamp":"x","level":"INFO","fields":{"message":"m"},"target":"pagodirecto::daemon"}"#;
+        for (line, pg) in [
+            (pg_text, true),
+            (app_text, false),
+            (pg_json, true),
+            (app_json, false),
+        ] {
+            assert_eq!(line_is_from(line, Service::Postgres), pg, "{line}");
+            assert_eq!(line_is_from(line, Service::App), !pg, "{line}");
+        }
+    }
+
+    #[test]
+    fn tail_reads_back_across_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("pagodirecto.2026-11-24.log"), "a\nb\nc\n").expect("write");
+        std::fs::write(dir.path().join("pagodirecto.2026-11-25.log"), "d\ne\n").expect("write");
+        std::fs::write(dir.path().join("other.txt"), "zzz\n").expect("write");
+        let files = files(dir.path()).expect("files");
+        assert_eq!(files.len(), 2);
+        assert_eq!(tail(&files, 3, |_| true).expect("tail"), ["c", "d", "e"]);
+        assert_eq!(
+            tail(&files, 10, |l| l != "d").expect("tail"),
+            ["a", "b", "c", "e"]
+        );
+    }
+}
