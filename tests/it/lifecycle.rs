@@ -1,0 +1,256 @@
+//! Start, restart, crash, kill and stop the real daemon with real PostgreSQL.
+
+use std::time::Duration;
+
+use crate::support::{DataDir, Signal, ok_stdout, send, sql};
+
+#[test]
+fn first_start_initialises_and_a_restart_keeps_the_data() {
+    let data = DataDir::new();
+    let daemon = data.start();
+    let (status, body) = daemon.get("/ready");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(r#""postgres":{"detail":"accepting connections","ok":true}"#),
+        "{body}"
+    );
+    assert!(data.pgdata().join("PG_VERSION").exists());
+    for secret in ["postgres-superuser.password", "postgres-app.password"] {
+        let meta =
+            std::fs::metadata(data.path().join("secrets").join(secret)).expect("secret exists");
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+            0o600,
+            "{secret}"
+        );
+    }
+    sql(
+        &data,
+        "INSERT INTO ops.settings (key, value) VALUES ('kept', '42')",
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("initialising a new PostgreSQL cluster")
+    );
+    assert!(daemon.stop().success());
+
+    let daemon = data.start();
+    assert!(
+        !daemon
+            .log()
+            .contains("initialising a new PostgreSQL cluster"),
+        "the second start reuses the cluster"
+    );
+    assert_eq!(
+        sql(&data, "SELECT value FROM ops.settings WHERE key = 'kept'"),
+        "42"
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn postgres_runs_unprivileged_on_a_private_socket_only() {
+    let data = DataDir::new();
+    let daemon = data.start();
+    let settings = sql(
+        &data,
+        "SELECT current_setting('listen_addresses') || '|' || current_setting('data_checksums') || '|' || current_setting('server_encoding')",
+    );
+    assert_eq!(settings, "|on|UTF8");
+    let pids = data.postgres_processes();
+    assert!(!pids.is_empty());
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let uid = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            !uid.split_whitespace().skip(1).any(|u| u == "0"),
+            "postgres pid {pid} runs as root: {uid}"
+        );
+    }
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_killed_postmaster_is_restarted_and_the_data_is_still_there() {
+    let data = DataDir::new();
+    let daemon = data.start();
+    sql(
+        &data,
+        "INSERT INTO ops.settings (key, value) VALUES ('before-crash', 'true')",
+    );
+    let status = status_json(&data);
+    let postmaster = status["postgres"]["pid"].as_i64().expect("postgres pid");
+    send(postmaster, Signal::SIGKILL);
+
+    let mut daemon = daemon;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = status_json(&data);
+        if status["postgres"]["restarts"] == 1 && status["ready"] == true {
+            assert_eq!(status["postgres"]["last_exit"], "signal: 9 (SIGKILL)");
+            assert_ne!(status["postgres"]["pid"].as_i64(), Some(postmaster));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready again: {status}\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon.wait_ready(Duration::from_secs(10));
+    let log = daemon.log();
+    assert!(
+        log.contains("postgres is down; not ready"),
+        "the outage was noticed:\n{log}"
+    );
+    assert!(log.contains("postgres is back; ready again"), "{log}");
+    assert_eq!(
+        sql(
+            &data,
+            "SELECT value FROM ops.settings WHERE key = 'before-crash'"
+        ),
+        "true"
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_crash_loop_ends_the_daemon_with_a_reason() {
+    let data = DataDir::new();
+    let mut daemon = data.start();
+    // A setting postgres refuses at start: every restart now fails at once.
+    std::fs::write(
+        data.pgdata().join("postgresql.auto.conf"),
+        "shared_buffers = 'lots'\n",
+    )
+    .expect("write");
+    let postmaster = status_json(&data)["postgres"]["pid"].as_i64().expect("pid");
+    send(postmaster, Signal::SIGKILL);
+    let status = daemon.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "{status}");
+    let log = daemon.log();
+    assert!(log.contains("postgres exited 5 times in a row"), "{log}");
+    assert!(log.contains("giving up"), "{log}");
+    data.assert_no_postgres(Duration::from_secs(10));
+}
+
+#[test]
+fn a_sigkilled_daemon_leaves_no_postgres_and_the_next_start_works() {
+    let data = DataDir::new();
+    let daemon = data.start();
+    sql(
+        &data,
+        "INSERT INTO ops.settings (key, value) VALUES ('k', '1')",
+    );
+    assert!(!data.postgres_processes().is_empty());
+    daemon.kill();
+    data.assert_no_postgres(Duration::from_secs(10));
+
+    let daemon = data.start();
+    assert_eq!(
+        sql(&data, "SELECT value FROM ops.settings WHERE key = 'k'"),
+        "1"
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_second_daemon_on_the_same_data_dir_is_refused() {
+    let data = DataDir::new();
+    let first = data.start();
+    let mut second = data.spawn(&[]);
+    let status = second.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    let log = second.log();
+    assert!(
+        log.contains(&format!(
+            "another pagodirecto (pid {}) is using",
+            first.pid()
+        )),
+        "{log}"
+    );
+    let (code, _) = first.get("/ready");
+    assert_eq!(code, 200, "the first daemon is unaffected");
+    assert!(first.stop().success());
+}
+
+#[test]
+fn sigterm_exits_zero_and_leaves_nothing_running() {
+    let data = DataDir::new();
+    let daemon = data.start();
+    let status = daemon.stop();
+    assert_eq!(status.code(), Some(0));
+    data.assert_no_postgres(Duration::from_secs(1));
+    assert!(!data.path().join("run/control.sock").exists());
+    assert!(!data.path().join("run/http.addr").exists());
+    let out = data.cli(&["status"]);
+    assert_eq!(out.status.code(), Some(3), "status says not running");
+}
+
+#[test]
+fn a_schema_newer_than_the_binary_is_refused() {
+    let data = DataDir::new();
+    let daemon = data.start();
+    sql(
+        &data,
+        "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) VALUES (999, 'future', '2030-01-01T00:00:00Z', '0')",
+    );
+    assert!(daemon.stop().success());
+    let mut daemon = data.spawn(&[]);
+    let status = daemon.wait_exit(Duration::from_secs(60));
+    assert!(!status.success());
+    let log = daemon.log();
+    assert!(
+        log.contains("the database schema is at version 999 but this binary knows only up to"),
+        "{log}"
+    );
+    data.assert_no_postgres(Duration::from_secs(10));
+}
+
+#[test]
+fn status_and_migrate_report_the_running_system() {
+    let data = DataDir::new();
+    let daemon = data.start();
+    let text = ok_stdout(&data.cli(&["status"]));
+    assert!(text.contains("ready:     yes"), "{text}");
+    assert!(text.contains("postgres 15."), "{text}");
+    let migrations = ok_stdout(&data.cli(&["migrate", "--status"]));
+    assert!(
+        migrations.contains("V1") && migrations.contains("applied"),
+        "{migrations}"
+    );
+    assert!(daemon.stop().success());
+    // With no daemon running, the CLI starts a temporary postgres itself.
+    let migrations = ok_stdout(&data.cli(&["migrate", "--status"]));
+    assert!(migrations.contains("app_role_and_ops"), "{migrations}");
+    data.assert_no_postgres(Duration::from_secs(5));
+}
+
+#[test]
+fn logs_show_postgres_lines_tagged() {
+    let data = DataDir::new();
+    let daemon = data.start();
+    assert!(daemon.stop().success());
+    let pg = ok_stdout(&data.cli(&["logs", "-n", "500", "--service", "postgres"]));
+    assert!(
+        pg.contains("database system is ready to accept connections"),
+        "{pg}"
+    );
+    assert!(pg.lines().all(|l| l.contains("postgres:")), "{pg}");
+    let app = ok_stdout(&data.cli(&["logs", "-n", "500", "--service", "app"]));
+    assert!(app.contains("ready") && !app.contains("LOG:"), "{app}");
+    let last = ok_stdout(&data.cli(&["logs", "-n", "1"]));
+    assert_eq!(last.lines().count(), 1);
+    assert!(last.contains("stopped"), "{last}");
+}
+
+fn status_json(data: &DataDir) -> serde_json::Value {
+    let out = ok_stdout(&data.cli(&["status", "--json"]));
+    serde_json::from_str(&out).expect("status json")
+}
