@@ -306,7 +306,7 @@ impl Config {
         if !self.data_dir.is_absolute() {
             out.push((
                 "data_dir",
-                format!("must be an absolute path, not {:?}", self.data_dir),
+                format!("must be an absolute path, not {}", self.data_dir.display()),
             ));
         }
         if self.server.listen.is_empty() {
@@ -493,6 +493,13 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let config = Config::from_toml("").expect("defaults");
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn the_packaged_config_file_is_valid_and_documents_the_defaults() {
+        let config =
+            Config::from_toml(include_str!("../packaging/pagodirecto.toml")).expect("valid");
         assert_eq!(config, Config::default());
     }
 

@@ -67,32 +67,75 @@ pub async fn run(loaded: Loaded) -> Result<()> {
 
     let stop_postgres = CancellationToken::new();
     let mut server = cluster.start(stop_postgres.clone());
-    tokio::select! {
-        ready = server.wait_ready() => {
-            if let Err(err) = ready {
-                let finished = server.finished().await;
-                return Err(finished.err().map_or_else(|| err.into(), anyhow::Error::from)).context("starting postgres");
+    let starting = async {
+        tokio::select! {
+            ready = server.wait_ready() => ready.context("starting postgres")?,
+            name = signals.next_stop() => {
+                info!(signal = name, "stopping before the daemon was ready");
+                return Ok(None);
             }
         }
-        name = signals.next_stop() => {
-            info!(signal = name, "stopping before postgres was ready");
+        start_serving(&config, &paths, &cluster).await.map(Some)
+    };
+    let mut serving = match starting.await {
+        Ok(Some(serving)) => serving,
+        // Every early return stops postgres first.
+        early => {
             stop_postgres.cancel();
-            server.finished().await.context("stopping postgres")?;
-            return Ok(());
+            let stopped = server.finished().await;
+            return match early {
+                Err(err) => Err(match stopped {
+                    // A crash loop explains more than "stopped before ready".
+                    Err(crash) => anyhow::Error::from(crash).context("starting postgres"),
+                    Ok(()) => err,
+                }),
+                _ => stopped.context("stopping postgres"),
+            };
         }
-    }
+    };
+    info!(elapsed = ?started.elapsed(), urls = ?serving.bound.iter().map(|a| format!("http://{a}")).collect::<Vec<_>>(), "ready");
 
+    let context = StatusContext {
+        config: &config,
+        source: source.to_string(),
+        cluster: &cluster,
+        health: serving.health.clone(),
+        bound: serving.bound.clone(),
+        started,
+    };
+    let outcome = event_loop(&mut signals, &mut server, &mut serving, &context).await;
+
+    // Reverse start order: nothing new comes in, in-flight requests finish,
+    // and only then does the database they need go away.
+    serving.stop().await;
+    stop_postgres.cancel();
+    if outcome.is_ok() {
+        server.finished().await.context("stopping postgres")?;
+    }
+    clear_runtime_files(&paths);
+    info!(uptime = ?started.elapsed(), "stopped");
+    outcome
+}
+
+/// What runs once postgres is up: HTTP and the control socket.
+struct Serving {
+    health: Arc<Health>,
+    postgres_up: watch::Sender<bool>,
+    bound: Vec<SocketAddr>,
+    control: mpsc::Receiver<control::Pending>,
+    stop_http: CancellationToken,
+    http: tokio::task::JoinHandle<()>,
+    stop_control: CancellationToken,
+}
+
+/// Migrates, opens the pool, binds the listeners and the control socket.
+async fn start_serving(config: &Config, paths: &Paths, cluster: &Cluster) -> Result<Serving> {
     let owner = cluster.account().map(|a| (a.uid, a.gid));
     let app_password = SecretFile::new(&paths.secrets_dir(), APP_SECRET).load_or_create(owner)?;
-    let bootstrapped = bootstrap(&cluster, &config, &app_password).await;
-    if let Err(err) = bootstrapped {
-        stop_postgres.cancel();
-        let _ = server.finished().await;
-        return Err(err);
-    }
-    let pool = pool(&cluster, &config, &app_password)?;
+    bootstrap(cluster, config, &app_password).await?;
+    let pool = pool(cluster, config, &app_password)?;
 
-    let (up_tx, up_rx) = watch::channel(true);
+    let (postgres_up, up_rx) = watch::channel(true);
     let health = Health::new(
         up_rx,
         paths.data_dir().to_path_buf(),
@@ -111,7 +154,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
             .with_context(|| format!("writing {}", paths.http_addr_file().display()))?;
     }
 
-    let (control_tx, mut control_rx) = mpsc::channel(16);
+    let (control_tx, control) = mpsc::channel(16);
     let control_listener = control::bind(&paths.control_socket())?;
     let stop_control = CancellationToken::new();
     tokio::spawn(control::serve(
@@ -124,26 +167,40 @@ pub async fn run(loaded: Loaded) -> Result<()> {
     let router = http::router(http::AppState {
         health: health.clone(),
     });
-    let http_task = tokio::spawn(http::serve(
+    let http = tokio::spawn(http::serve(
         listeners,
         router,
         stop_http.clone(),
         config.server.drain_timeout,
     ));
+    Ok(Serving {
+        health,
+        postgres_up,
+        bound,
+        control,
+        stop_http,
+        http,
+        stop_control,
+    })
+}
 
+impl Serving {
+    async fn stop(self) {
+        self.stop_http.cancel();
+        let _ = self.http.await;
+        self.stop_control.cancel();
+    }
+}
+
+/// Waits for events and acts on them until one ends the daemon.
+async fn event_loop(
+    signals: &mut Signals,
+    server: &mut postgres::Server,
+    serving: &mut Serving,
+    context: &StatusContext<'_>,
+) -> Result<()> {
     let mut pg_status = server.status();
-    let urls: Vec<String> = bound.iter().map(|a| format!("http://{a}")).collect();
-    info!(elapsed = ?started.elapsed(), urls = ?urls, "ready");
-
-    let context = StatusContext {
-        config: &config,
-        source: source.to_string(),
-        cluster: &cluster,
-        health: &health,
-        bound: &bound,
-        started,
-    };
-    let outcome = loop {
+    loop {
         let event = tokio::select! {
             biased;
             name = signals.next() => if name == "SIGHUP" { Event::Reload } else { Event::Shutdown(name) },
@@ -152,35 +209,35 @@ pub async fn run(loaded: Loaded) -> Result<()> {
                 Ok(()) => Event::PostgresChanged(pg_status.borrow_and_update().clone()),
                 Err(_) => continue,
             },
-            Some((request, reply)) = control_rx.recv() => Event::Control(request, reply),
+            Some((request, reply)) = serving.control.recv() => Event::Control(request, reply),
         };
         match event {
             Event::Shutdown(name) => {
                 info!(signal = name, "shutting down");
-                break Ok(());
+                return Ok(());
             }
             Event::PostgresFinished(result) => {
-                break Err(anyhow::Error::from(
+                return Err(anyhow::Error::from(
                     result.err().unwrap_or(postgres::Error::StoppedBeforeReady),
                 ))
                 .context("postgres cannot be kept running");
             }
             Event::PostgresChanged(status) => {
                 let up = status.state == State::Ready;
-                if *up_tx.borrow() != up {
+                if *serving.postgres_up.borrow() != up {
                     if up {
                         info!(restarts = status.restarts, "postgres is back; ready again");
                     } else {
                         warn!(state = status.state.as_str(), last_exit = ?status.last_exit, "postgres is down; not ready");
                     }
-                    let _ = up_tx.send(up);
+                    let _ = serving.postgres_up.send(up);
                 }
             }
             Event::Control(request, reply) => {
                 let answer = match request {
                     Request::Status => {
-                        serde_json::to_value(context.report(&pg_status.borrow()).await)
-                            .map_err(|e| e.to_string())
+                        let pg = pg_status.borrow().clone();
+                        serde_json::to_value(context.report(&pg).await).map_err(|e| e.to_string())
                     }
                 };
                 let _ = reply.send(answer);
@@ -191,20 +248,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
                 );
             }
         }
-    };
-
-    // Reverse start order: nothing new comes in, in-flight requests finish,
-    // and only then does the database they need go away.
-    stop_http.cancel();
-    let _ = http_task.await;
-    stop_control.cancel();
-    stop_postgres.cancel();
-    if outcome.is_ok() {
-        server.finished().await.context("stopping postgres")?;
     }
-    clear_runtime_files(&paths);
-    info!(uptime = ?started.elapsed(), "stopped");
-    outcome
 }
 
 /// Creates the application database, migrates it and sets the app role's
@@ -287,8 +331,8 @@ struct StatusContext<'a> {
     config: &'a Config,
     source: String,
     cluster: &'a Cluster,
-    health: &'a Arc<Health>,
-    bound: &'a [SocketAddr],
+    health: Arc<Health>,
+    bound: Vec<SocketAddr>,
     started: Instant,
 }
 

@@ -187,14 +187,14 @@ pub fn follow(
     let mut current: Option<(PathBuf, io::BufReader<std::fs::File>)> = None;
     loop {
         let newest = files(dir)?.pop();
-        if let Some(newest) = newest {
-            if current.as_ref().is_none_or(|(path, _)| *path != newest) {
-                let mut file = std::fs::File::open(&newest)?;
-                if current.is_none() {
-                    file.seek(io::SeekFrom::End(0))?;
-                }
-                current = Some((newest, io::BufReader::new(file)));
+        if let Some(newest) = newest
+            && current.as_ref().is_none_or(|(path, _)| *path != newest)
+        {
+            let mut file = std::fs::File::open(&newest)?;
+            if current.is_none() {
+                file.seek(io::SeekFrom::End(0))?;
             }
+            current = Some((newest, io::BufReader::new(file)));
         }
         if let Some((_, reader)) = current.as_mut() {
             let mut line = String::new();

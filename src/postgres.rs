@@ -577,7 +577,15 @@ async fn probe_ready(config: tokio_postgres::Config, timeout: Duration) -> bool 
 fn log_line(line: &str) {
     // With log_line_prefix '[%p] ' a line reads "[123] LOG:  message".
     let level = line.split_once("] ").map_or(line, |(_, rest)| rest);
-    if level.starts_with("PANIC:") || level.starts_with("FATAL:") || level.starts_with("ERROR:") {
+    if level.ends_with("the database system is starting up")
+        || level.ends_with("the database system is shutting down")
+    {
+        // Our own readiness probe knocking before the door opens: expected.
+        tracing::debug!(target: "postgres", "{line}");
+    } else if level.starts_with("PANIC:")
+        || level.starts_with("FATAL:")
+        || level.starts_with("ERROR:")
+    {
         tracing::error!(target: "postgres", "{line}");
     } else if level.starts_with("WARNING:") {
         tracing::warn!(target: "postgres", "{line}");

@@ -79,20 +79,19 @@ pub fn resolve(configured: Option<&str>) -> Result<Option<Account>, Error> {
             source,
         })
     };
-    let user = match configured {
-        Some(name) => lookup(name)?.ok_or_else(|| Error::NoSuchUser { name: name.into() })?,
-        None => {
-            let mut found = None;
-            for name in DEFAULT_USERS {
-                if let Some(user) = lookup(name)? {
-                    found = Some(user);
-                    break;
-                }
+    let user = if let Some(name) = configured {
+        lookup(name)?.ok_or_else(|| Error::NoSuchUser { name: name.into() })?
+    } else {
+        let mut found = None;
+        for name in DEFAULT_USERS {
+            if let Some(user) = lookup(name)? {
+                found = Some(user);
+                break;
             }
-            found.ok_or_else(|| Error::NoAccount {
-                tried: DEFAULT_USERS.iter().map(|s| (*s).into()).collect(),
-            })?
         }
+        found.ok_or_else(|| Error::NoAccount {
+            tried: DEFAULT_USERS.iter().map(|s| (*s).into()).collect(),
+        })?
     };
     if user.uid.is_root() {
         return Err(Error::Root { name: user.name });

@@ -154,11 +154,11 @@ impl Daemon {
                     self.log()
                 );
             }
-            if let Ok(addr) = fs::read_to_string(self.data_dir.join("run/http.addr")) {
-                if let Ok((200, _)) = http_get(&addr, "/ready") {
-                    self.addr = Some(addr);
-                    return;
-                }
+            if let Ok(addr) = fs::read_to_string(self.data_dir.join("run/http.addr"))
+                && let Ok((200, _)) = http_get(&addr, "/ready")
+            {
+                self.addr = Some(addr);
+                return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
