@@ -12,6 +12,7 @@ mod migrate;
 mod psql;
 mod run;
 mod status;
+mod users;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -73,11 +74,52 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Manage tenants
+    Tenant {
+        #[command(subcommand)]
+        action: TenantAction,
+    },
+    /// Manage users (the password is read from stdin, or prompted for)
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
     /// Check or show the configuration
     Config {
         #[command(subcommand)]
         action: ConfigAction,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantAction {
+    /// Create a tenant with the default sales pipeline
+    Add { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// Create a user in a tenant
+    Add {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long, value_parser = parse_role)]
+        role: crate::auth::Role,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Set a new password, lift a lockout and end the user's sessions
+    ResetPassword {
+        #[arg(long)]
+        email: String,
+    },
+}
+
+fn parse_role(text: &str) -> Result<crate::auth::Role, String> {
+    crate::auth::Role::parse(text)
+        .ok_or_else(|| format!("{text:?} is not a role (owner, admin, agent, viewer)"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +166,20 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => logs::run(&load()?, follow, lines, service),
         Command::Migrate { status } => runtime.block_on(migrate::run(load()?, status)),
         Command::Psql { args } => runtime.block_on(psql::run(load()?, args)),
+        Command::Tenant {
+            action: TenantAction::Add { name },
+        } => runtime.block_on(users::add_tenant(load()?, name)),
+        Command::User { action } => match action {
+            UserAction::Add {
+                tenant,
+                email,
+                role,
+                name,
+            } => runtime.block_on(users::add_user(load()?, tenant, email, role, name)),
+            UserAction::ResetPassword { email } => {
+                runtime.block_on(users::reset_password(load()?, email))
+            }
+        },
     }
 }
 

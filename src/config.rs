@@ -34,6 +34,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub limits: LimitsConfig,
     pub logging: LogConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -100,6 +101,39 @@ pub struct LogConfig {
     pub keep_days: u32,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Lifetime of an access token (JWT).
+    #[serde(with = "humantime_serde")]
+    pub access_token_ttl: Duration,
+    /// Lifetime of a refresh token; each one works once.
+    #[serde(with = "humantime_serde")]
+    pub refresh_token_ttl: Duration,
+    /// Failed logins in a row that lock an account…
+    pub lockout_after: u32,
+    /// …for this long.
+    #[serde(with = "humantime_serde")]
+    pub lockout_for: Duration,
+    /// Failed logins from one client address per window before it gets 429s.
+    pub ip_failure_limit: u32,
+    #[serde(with = "humantime_serde")]
+    pub ip_failure_window: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            access_token_ttl: Duration::from_secs(15 * 60),
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            lockout_after: 5,
+            lockout_for: Duration::from_secs(15 * 60),
+            ip_failure_limit: 20,
+            ip_failure_window: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -115,6 +149,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             limits: LimitsConfig::default(),
             logging: LogConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -341,6 +376,23 @@ impl Config {
         }
         if self.logging.keep_days == 0 {
             out.push(("logging.keep_days", "must be at least 1".into()));
+        }
+        if self.auth.access_token_ttl < Duration::from_secs(60)
+            || self.auth.access_token_ttl > Duration::from_secs(24 * 3600)
+        {
+            out.push(("auth.access_token_ttl", "must be between 1m and 24h".into()));
+        }
+        if self.auth.refresh_token_ttl <= self.auth.access_token_ttl {
+            out.push((
+                "auth.refresh_token_ttl",
+                "must be longer than auth.access_token_ttl".into(),
+            ));
+        }
+        if self.auth.lockout_after == 0 {
+            out.push(("auth.lockout_after", "must be at least 1".into()));
+        }
+        if self.auth.ip_failure_limit == 0 {
+            out.push(("auth.ip_failure_limit", "must be at least 1".into()));
         }
         if self.database.start_timeout < Duration::from_secs(1) {
             out.push(("database.start_timeout", "must be at least 1s".into()));

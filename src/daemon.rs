@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::auth::{self, SigningKeys};
 use crate::config::{Config, Loaded};
 use crate::control::{self, CheckReport, PostgresReport, Request, StatusReport};
 use crate::health::Health;
@@ -29,7 +30,7 @@ use crate::lock::DataDirLock;
 use crate::paths::Paths;
 use crate::postgres::{self, Cluster, State};
 use crate::secrets::SecretFile;
-use crate::{fsutil, http, migrate};
+use crate::{crm, fsutil, http, migrate};
 
 /// Where the application role's password is kept, under `Paths::secrets_dir`.
 pub const APP_SECRET: &str = "postgres-app.password";
@@ -133,6 +134,10 @@ async fn start_serving(config: &Config, paths: &Paths, cluster: &Cluster) -> Res
     let owner = cluster.account().map(|a| (a.uid, a.gid));
     let app_password = SecretFile::new(&paths.secrets_dir(), APP_SECRET).load_or_create(owner)?;
     bootstrap(cluster, config, &app_password).await?;
+    ensure_first_owner(cluster, config, paths).await?;
+    let keys =
+        SigningKeys::load_or_create(&paths.secrets_dir(), config.auth.access_token_ttl, owner)
+            .context("loading the token signing keys")?;
     let pool = pool(cluster, config, &app_password)?;
 
     let (postgres_up, up_rx) = watch::channel(true);
@@ -164,8 +169,14 @@ async fn start_serving(config: &Config, paths: &Paths, cluster: &Cluster) -> Res
     ));
 
     let stop_http = CancellationToken::new();
+    let api = Arc::new(http::ApiState {
+        pool: health.pool.clone().expect("the daemon's health has a pool"),
+        keys,
+        auth: config.auth.clone(),
+    });
     let router = http::router(http::AppState {
         health: health.clone(),
+        api,
     });
     let http = tokio::spawn(http::serve(
         listeners,
@@ -286,6 +297,60 @@ pub(crate) async fn bootstrap(
     let _ = conn.await;
     Ok(())
 }
+
+/// On the very first start there is no tenant and nobody can log in: create
+/// the first tenant and its owner with a generated password, shown once.
+///
+/// On a terminal the password is printed there; otherwise (under systemd,
+/// where stdout is the journal) it goes to a 0600 file and only the file's
+/// path is logged. It is never written to the log.
+async fn ensure_first_owner(cluster: &Cluster, config: &Config, paths: &Paths) -> Result<()> {
+    let name = &config.database.name;
+    let (mut client, connection) = cluster
+        .superuser_config(name)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to database {name}"))?;
+    let conn = tokio::spawn(connection);
+    if crm::tenant_count(&client).await? > 0 {
+        drop(client);
+        let _ = conn.await;
+        return Ok(());
+    }
+    let password = crate::secrets::generate()[..24].to_string();
+    let hash = auth::hash_password(password.clone()).await?;
+    crm::create_tenant(&mut client, FIRST_TENANT).await?;
+    crm::create_user(
+        &client,
+        FIRST_TENANT,
+        FIRST_OWNER,
+        "Owner",
+        auth::Role::Owner,
+        &hash,
+    )
+    .await?;
+    drop(client);
+    let _ = conn.await;
+    let text = format!(
+        "PagoDirecto first start: log in as {FIRST_OWNER} with password {password}\n\
+         (tenant {FIRST_TENANT:?}; change it, or add users with `pagodirecto user add`)\n"
+    );
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        print!("\n{text}\n");
+    } else {
+        let file = paths.secrets_dir().join(INITIAL_OWNER_FILE);
+        fsutil::write_atomic(&file, text.as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", file.display()))?;
+        info!(file = %file.display(), email = FIRST_OWNER, "first start: the owner's one-time password is in this file; delete it after logging in");
+    }
+    Ok(())
+}
+
+/// The tenant and owner the first start creates.
+pub const FIRST_TENANT: &str = "default";
+pub const FIRST_OWNER: &str = "owner@pagodirecto.local";
+/// Where the first owner's password goes when there is no terminal.
+pub const INITIAL_OWNER_FILE: &str = "initial-owner.txt";
 
 /// The pool the API uses: the application role, bounded, with timeouts so
 /// no request waits forever for a connection while postgres restarts.

@@ -7,31 +7,99 @@
 //! Invariant: shutdown stops accepting at once and gives in-flight requests
 //! at most the drain timeout; it never waits unbounded on a slow client.
 
+pub mod api;
+pub mod error;
 mod health;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use utoipa::OpenApi as _;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::auth::SigningKeys;
+use crate::config::AuthConfig;
 use crate::health::Health;
+
+/// The largest request body the API accepts.
+pub const BODY_LIMIT: usize = 1024 * 1024;
 
 /// What handlers can reach. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub health: Arc<Health>,
+    pub api: Arc<ApiState>,
+}
+
+/// What the JSON API needs beyond health.
+pub struct ApiState {
+    /// Connects as the application role; see `http::api::Scoped`.
+    pub pool: deadpool_postgres::Pool,
+    pub keys: SigningKeys,
+    pub auth: AuthConfig,
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "PagoDirecto CRM API", description = "Multi-tenant CRM. Errors are application/problem+json (RFC 9457)."),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The API routes and the OpenAPI document generated from the same handlers,
+/// so the two cannot drift.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(api::auth::login))
+        .routes(routes!(api::auth::refresh))
+        .routes(routes!(api::auth::logout))
+        .routes(routes!(api::auth::me))
+        .routes(routes!(api::customers::list, api::customers::create))
+        .routes(routes!(api::customers::get, api::customers::update))
+        .routes(routes!(api::customers::archive))
+        .routes(routes!(api::audit::list))
+        .split_for_parts()
 }
 
 /// One function builds the whole app, so tests drive it without a socket.
 pub fn router(state: AppState) -> Router {
+    let (api, openapi) = api();
+    let openapi = Arc::new(openapi);
     Router::new()
         .route("/health", get(health::live))
         .route("/ready", get(health::ready))
         .route("/actuator/health", get(health::ready))
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = openapi.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .merge(api)
+        .fallback(|| async { error::ApiError::NotFound("route") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
 
@@ -49,7 +117,8 @@ pub async fn serve(
         let stop = shutdown.clone();
         servers.spawn(async move {
             let addr = listener.local_addr().ok();
-            let result = axum::serve(listener, app)
+            let service = app.into_make_service_with_connect_info::<SocketAddr>();
+            let result = axum::serve(listener, service)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;
             if let Err(err) = result {
@@ -70,5 +139,100 @@ pub async fn serve(
         servers.abort_all();
     } else {
         info!("HTTP drained");
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    /// An API state whose pool points nowhere: for tests that never reach the database.
+    pub(crate) fn api_state() -> Arc<ApiState> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut pg = tokio_postgres::Config::new();
+        pg.host_path("/nonexistent").user("nobody").dbname("none");
+        let manager = deadpool_postgres::Manager::new(pg, tokio_postgres::NoTls);
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(1)
+            .build()
+            .expect("pool");
+        let keys =
+            SigningKeys::load_or_create(dir.path(), Duration::from_secs(900), None).expect("keys");
+        Arc::new(ApiState {
+            pool,
+            keys,
+            auth: AuthConfig::default(),
+        })
+    }
+
+    #[tokio::test]
+    async fn every_path_in_the_openapi_document_is_routed() {
+        let (_, openapi) = api();
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let health = Health::new(rx, std::env::temp_dir(), 0, None);
+        let app = router(AppState {
+            health,
+            api: api_state(),
+        });
+        let mut checked = 0;
+        for (path, item) in &openapi.paths.paths {
+            let concrete = path.replace("{id}", "00000000-0000-0000-0000-000000000000");
+            for (method, _) in [
+                ("GET", &item.get),
+                ("POST", &item.post),
+                ("PATCH", &item.patch),
+                ("PUT", &item.put),
+                ("DELETE", &item.delete),
+            ]
+            .into_iter()
+            .filter(|(_, op)| op.is_some())
+            {
+                let req = Request::builder()
+                    .method(method)
+                    .uri(&concrete)
+                    .body(Body::empty())
+                    .expect("request");
+                let res = app.clone().oneshot(req).await.expect("response");
+                assert_ne!(
+                    res.status(),
+                    404,
+                    "{method} {path} is in the spec but not routed"
+                );
+                assert_ne!(
+                    res.status(),
+                    405,
+                    "{method} {path} is in the spec but not routed for {method}"
+                );
+                checked += 1;
+            }
+        }
+        drop(tx);
+        assert!(checked >= 10, "only {checked} operations in the spec");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_api_path_is_a_problem_document() {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let health = Health::new(rx, std::env::temp_dir(), 0, None);
+        let app = router(AppState {
+            health,
+            api: api_state(),
+        });
+        let res = app
+            .oneshot(
+                Request::get("/api/v1/nope")
+                    .body(Body::empty())
+                    .expect("req"),
+            )
+            .await
+            .expect("res");
+        assert_eq!(res.status(), 404);
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
     }
 }

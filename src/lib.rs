@@ -32,6 +32,10 @@
 //! - [`postgres`]: the cluster (initdb, settings, account, binaries) and the
 //!   supervised server's state.
 //! - [`migrate`]: embedded SQL migrations under an advisory lock.
+//! - [`auth`]: password hashes, signing keys and tokens, the role →
+//!   permission table.
+//! - [`crm`]: tenants and users created by the appliance and the CLI (as
+//!   the superuser; the API goes through RLS instead).
 //! - [`health`]: readiness checks shared by `/ready` and `status`.
 //! - [`http`]: the axum router and server.
 //! - [`control`]: the control socket protocol (server and client).
@@ -50,9 +54,11 @@
 //!   `Paths`, a cancellation token and channels, never the whole `Config`.
 //! - `http` and `control` are the only modules that serialise to the outside.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod crm;
 pub mod daemon;
 pub mod fsutil;
 pub mod health;

@@ -63,7 +63,13 @@ mod tests {
     fn state(postgres_up: bool, reserve: u64) -> (AppState, tokio::sync::watch::Sender<bool>) {
         let (tx, rx) = tokio::sync::watch::channel(postgres_up);
         let health = Health::new(rx, std::env::temp_dir(), reserve, None);
-        (AppState { health }, tx)
+        (
+            AppState {
+                health,
+                api: crate::http::tests::api_state(),
+            },
+            tx,
+        )
     }
 
     #[tokio::test]

@@ -1,0 +1,127 @@
+//! `pagodirecto tenant add` and `pagodirecto user add | reset-password`:
+//! for operators and scripts, with the daemon running or stopped.
+//!
+//! A password is read from stdin when stdin is not a terminal (scripts:
+//! `echo "$PW" | pagodirecto user add …`), else prompted for without echo.
+//! It never appears on the command line, where `ps` would show it.
+
+use std::io::{BufRead as _, IsTerminal as _};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+
+use super::database::Session;
+use crate::auth::{self, Role};
+use crate::config::Loaded;
+use crate::crm;
+
+pub async fn add_tenant(loaded: Loaded, name: String) -> Result<ExitCode> {
+    super::init_cli_logging(&loaded);
+    let session = Session::open(&loaded).await?;
+    let result = async {
+        let (mut client, conn) = connect(&loaded, &session).await?;
+        let id = crm::create_tenant(&mut client, &name).await?;
+        drop(client);
+        let _ = conn.await;
+        println!("created tenant {name:?} ({id})");
+        Ok(ExitCode::SUCCESS)
+    }
+    .await;
+    session.close().await?;
+    result
+}
+
+pub async fn add_user(
+    loaded: Loaded,
+    tenant: String,
+    email: String,
+    role: Role,
+    name: Option<String>,
+) -> Result<ExitCode> {
+    super::init_cli_logging(&loaded);
+    let password = read_password(&format!("password for {email}: "))?;
+    let hash = auth::hash_password(password).await?;
+    let session = Session::open(&loaded).await?;
+    let result = async {
+        let (client, conn) = connect(&loaded, &session).await?;
+        let id = crm::create_user(
+            &client,
+            &tenant,
+            &email,
+            name.as_deref().unwrap_or(""),
+            role,
+            &hash,
+        )
+        .await?;
+        drop(client);
+        let _ = conn.await;
+        println!(
+            "created {} {email} in tenant {tenant:?} ({id})",
+            role.as_str()
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+    .await;
+    session.close().await?;
+    result
+}
+
+pub async fn reset_password(loaded: Loaded, email: String) -> Result<ExitCode> {
+    super::init_cli_logging(&loaded);
+    let password = read_password(&format!("new password for {email}: "))?;
+    let hash = auth::hash_password(password).await?;
+    let session = Session::open(&loaded).await?;
+    let result = async {
+        let (client, conn) = connect(&loaded, &session).await?;
+        crm::reset_password(&client, &email, &hash).await?;
+        drop(client);
+        let _ = conn.await;
+        println!("password of {email} reset; its sessions are revoked and any lockout lifted");
+        Ok(ExitCode::SUCCESS)
+    }
+    .await;
+    session.close().await?;
+    result
+}
+
+async fn connect(
+    loaded: &Loaded,
+    session: &Session,
+) -> Result<(
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+)> {
+    let name = &loaded.config.database.name;
+    let (client, connection) = session
+        .cluster
+        .superuser_config(name)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to database {name}"))?;
+    Ok((client, tokio::spawn(connection)))
+}
+
+fn read_password(prompt: &str) -> Result<String> {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(prompt).context("reading the password")?;
+        let again = rpassword::prompt_password("again: ").context("reading the password")?;
+        if first != again {
+            bail!("the two passwords differ");
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from stdin")?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    };
+    if password.chars().count() < auth::MIN_PASSWORD_LEN {
+        bail!(
+            "the password must be at least {} characters",
+            auth::MIN_PASSWORD_LEN
+        );
+    }
+    Ok(password)
+}

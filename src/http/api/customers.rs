@@ -1,0 +1,326 @@
+//! `/api/v1/customers`: the template every CRM resource follows — list with
+//! cursor, search and filters; create; get; update with `If-Match`; archive.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio_postgres::Row;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::{
+    ApiJson, ApiPath, ApiQuery, Auth, Cursor, Page, Scoped, created, double_option, email,
+    if_match, like_pattern, missing_or_stale, optional_text, page, text, with_etag,
+};
+use crate::auth::Permission;
+use crate::http::AppState;
+use crate::http::error::{ApiError, Problem};
+
+const COLUMNS: &str =
+    "id, name, email, phone, company, notes, archived_at, version, created_at, updated_at";
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Customer {
+    pub id: Uuid,
+    pub name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub company: Option<String>,
+    pub notes: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub archived_at: Option<OffsetDateTime>,
+    /// Changes on every update; also sent as the `ETag`.
+    pub version: i32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Customer {
+    fn from_row(row: &Row) -> Self {
+        Self {
+            id: row.get(0),
+            name: row.get(1),
+            email: row.get(2),
+            phone: row.get(3),
+            company: row.get(4),
+            notes: row.get(5),
+            archived_at: row.get(6),
+            version: row.get(7),
+            created_at: row.get(8),
+            updated_at: row.get(9),
+        }
+    }
+
+    fn cursor(&self) -> Cursor {
+        Cursor {
+            created_at: self.created_at,
+            id: self.id,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Page size, 1–200 (default 50).
+    pub limit: Option<i64>,
+    /// From the previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// Search in name, email and company (case-insensitive, substring).
+    pub q: Option<String>,
+    /// List archived customers instead of active ones.
+    pub archived: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerCreate {
+    pub name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub company: Option<String>,
+    pub notes: Option<String>,
+}
+
+/// Absent fields are kept; `null` clears an optional field.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerUpdate {
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub email: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub phone: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub company: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub notes: Option<Option<String>>,
+}
+
+fn optional_email(value: Option<&str>) -> Result<Option<String>, ApiError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => email("email", v).map(Some),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/customers", tag = "customers", params(ListParams),
+    responses((status = 200, body = Page<Customer>), (status = 401, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<Page<Customer>>, ApiError> {
+    let limit = super::limit(params.limit)?;
+    let cursor = params
+        .cursor
+        .as_deref()
+        .map(Cursor::decode)
+        .transpose()?
+        .unwrap_or_else(Cursor::start);
+    let archived = params.archived.unwrap_or(false);
+    let db = Scoped::begin(&state, auth, Permission::CrmRead, &headers).await?;
+    let client = db.client();
+    let rows = if let Some(q) = params.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
+        let q = text("q", q, 1, 200)?;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM customers.customers \
+             WHERE (archived_at IS NOT NULL) = $1 AND (created_at, id) < ($2, $3) \
+               AND (name ILIKE $5 OR email ILIKE $5 OR company ILIKE $5) \
+             ORDER BY created_at DESC, id DESC LIMIT $4"
+        );
+        let statement = client.prepare_cached(&sql).await?;
+        client
+            .query(
+                &statement,
+                &[
+                    &archived,
+                    &cursor.created_at,
+                    &cursor.id,
+                    &(limit + 1),
+                    &like_pattern(&q),
+                ],
+            )
+            .await?
+    } else {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM customers.customers \
+             WHERE (archived_at IS NOT NULL) = $1 AND (created_at, id) < ($2, $3) \
+             ORDER BY created_at DESC, id DESC LIMIT $4"
+        );
+        let statement = client.prepare_cached(&sql).await?;
+        client
+            .query(
+                &statement,
+                &[&archived, &cursor.created_at, &cursor.id, &(limit + 1)],
+            )
+            .await?
+    };
+    db.commit().await?;
+    let items = rows.iter().map(Customer::from_row).collect();
+    Ok(Json(page(items, limit, Customer::cursor)))
+}
+
+#[utoipa::path(post, path = "/api/v1/customers", tag = "customers", request_body = CustomerCreate,
+    responses((status = 201, body = Customer), (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CustomerCreate>,
+) -> Result<Response, ApiError> {
+    let name = text("name", &body.name, 1, 200)?;
+    let email = optional_email(body.email.as_deref())?;
+    let phone = optional_text("phone", body.phone.as_deref(), 50)?;
+    let company = optional_text("company", body.company.as_deref(), 200)?;
+    let notes = optional_text("notes", body.notes.as_deref(), 10_000)?;
+    let db = Scoped::begin(&state, auth, Permission::CrmWrite, &headers).await?;
+    let row = db
+        .client()
+        .query_one(
+            &format!("INSERT INTO customers.customers (name, email, phone, company, notes) VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"),
+            &[&name, &email, &phone, &company, &notes],
+        )
+        .await?;
+    db.commit().await?;
+    let customer = Customer::from_row(&row);
+    Ok(created(
+        &format!("/api/v1/customers/{}", customer.id),
+        customer.version,
+        Json(customer),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/customers/{id}", tag = "customers", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Customer), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Response, ApiError> {
+    let db = Scoped::begin(&state, auth, Permission::CrmRead, &headers).await?;
+    let row = db
+        .client()
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM customers.customers WHERE id = $1"),
+            &[&id],
+        )
+        .await?;
+    db.commit().await?;
+    let customer = Customer::from_row(&row.ok_or(ApiError::NotFound("customer"))?);
+    Ok(with_etag(customer.version, Json(customer)))
+}
+
+#[utoipa::path(patch, path = "/api/v1/customers/{id}", tag = "customers", params(("id" = Uuid, Path)), request_body = CustomerUpdate,
+    responses((status = 200, body = Customer), (status = 404, body = Problem), (status = 412, body = Problem), (status = 428, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn update(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<CustomerUpdate>,
+) -> Result<Response, ApiError> {
+    let version = if_match(&headers)?;
+    let name = body
+        .name
+        .as_deref()
+        .map(|n| text("name", n, 1, 200))
+        .transpose()?;
+    let email = body
+        .email
+        .as_ref()
+        .map(|e| optional_email(e.as_deref()))
+        .transpose()?;
+    let phone = body
+        .phone
+        .as_ref()
+        .map(|p| optional_text("phone", p.as_deref(), 50))
+        .transpose()?;
+    let company = body
+        .company
+        .as_ref()
+        .map(|c| optional_text("company", c.as_deref(), 200))
+        .transpose()?;
+    let notes = body
+        .notes
+        .as_ref()
+        .map(|n| optional_text("notes", n.as_deref(), 10_000))
+        .transpose()?;
+    let db = Scoped::begin(&state, auth, Permission::CrmWrite, &headers).await?;
+    let row = db
+        .client()
+        .query_opt(
+            &format!(
+                "UPDATE customers.customers SET \
+                   name = coalesce($3, name), \
+                   email = CASE WHEN $4 THEN $5 ELSE email END, \
+                   phone = CASE WHEN $6 THEN $7 ELSE phone END, \
+                   company = CASE WHEN $8 THEN $9 ELSE company END, \
+                   notes = CASE WHEN $10 THEN $11 ELSE notes END \
+                 WHERE id = $1 AND version = $2 RETURNING {COLUMNS}"
+            ),
+            &[
+                &id,
+                &version,
+                &name,
+                &email.is_some(),
+                &email.flatten(),
+                &phone.is_some(),
+                &phone.flatten(),
+                &company.is_some(),
+                &company.flatten(),
+                &notes.is_some(),
+                &notes.flatten(),
+            ],
+        )
+        .await?;
+    let row = match row {
+        Some(row) => row,
+        None => return Err(missing_or_stale(&db, "customers.customers", id, "customer").await),
+    };
+    db.commit().await?;
+    let customer = Customer::from_row(&row);
+    Ok(with_etag(customer.version, Json(customer)))
+}
+
+#[utoipa::path(post, path = "/api/v1/customers/{id}/archive", tag = "customers", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Customer), (status = 404, body = Problem), (status = 412, body = Problem), (status = 428, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn archive(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Response, ApiError> {
+    let version = if_match(&headers)?;
+    let db = Scoped::begin(&state, auth, Permission::CrmArchive, &headers).await?;
+    let row = db
+        .client()
+        .query_opt(
+            &format!("UPDATE customers.customers SET archived_at = coalesce(archived_at, now()) WHERE id = $1 AND version = $2 RETURNING {COLUMNS}"),
+            &[&id, &version],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Err(missing_or_stale(&db, "customers.customers", id, "customer").await);
+    };
+    db.commit().await?;
+    let customer = Customer::from_row(&row);
+    Ok(with_etag(customer.version, Json(customer)))
+}
