@@ -5,10 +5,14 @@
 //! 2. the highest version installed under the data dir, in
 //!    `<data>/pg/binaries/<version>/bin` (`pagodirecto postgres install`);
 //! 3. a system installation: Debian's `/usr/lib/postgresql/<N>/bin`, highest
-//!    supported major, else `pg_config --bindir`.
+//!    supported major, else `pg_config --bindir`;
+//! 4. only in [`locate`], and only when `[database] download` is on: a
+//!    download of `[database] version` from `[database] mirror`, installed as
+//!    in 2 (see [`download`]).
 //!
-//! Called by `daemon` and the CLI. [`archive`] owns how an install lands on
-//! disk.
+//! Called by `daemon` and the CLI. [`find`] never touches the network;
+//! [`archive`] owns how an install lands on disk, [`download`] how one is
+//! fetched.
 //!
 //! Invariant: a directory under `<data>/pg/binaries` whose name does not
 //! start with a dot is a complete install that `postgres --version` ran
@@ -16,6 +20,7 @@
 //! [`find`] skips.
 
 pub mod archive;
+pub mod download;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,6 +28,7 @@ use std::process::Command;
 use tracing::info;
 
 pub use archive::{Install, install_archive};
+pub use download::{archive_url, install_version, target_triple};
 
 /// The oldest major version we run.
 pub const MIN_MAJOR: u32 = 14;
@@ -33,6 +39,9 @@ pub enum Origin {
     Configured,
     Installed,
     System,
+    /// Downloaded from `[database] mirror` by this start; the next start
+    /// finds the same directory as [`Origin::Installed`].
+    Downloaded,
 }
 
 impl Origin {
@@ -42,6 +51,7 @@ impl Origin {
             Self::Configured => "configured bin_dir",
             Self::Installed => "installed under the data dir",
             Self::System => "system installation",
+            Self::Downloaded => "downloaded from [database] mirror",
         }
     }
 }
@@ -72,21 +82,48 @@ pub enum Error {
     #[error("[database] bin_dir = {dir}: {problem}")]
     BadConfigured { dir: PathBuf, problem: String },
     #[error(
-        "no PostgreSQL {MIN_MAJOR}+ binaries found (looked in {DEBIAN_ROOT}/*/bin, pg_config and {installs}); install Debian's postgresql package, run `pagodirecto postgres install --archive FILE`, or set [database] bin_dir"
+        "no PostgreSQL {MIN_MAJOR}+ binaries found (looked in {DEBIAN_ROOT}/*/bin, pg_config and {installs}); install Debian's postgresql package, run `pagodirecto postgres install --archive FILE` or `--version V`, or set [database] bin_dir"
     )]
     NotFound { installs: PathBuf },
+    #[error(
+        "no PostgreSQL binaries found, and downloading PostgreSQL {version} from {mirror} failed ([database] download = true)"
+    )]
+    Download {
+        version: String,
+        mirror: String,
+        #[source]
+        source: Box<download::Error>,
+    },
 }
 
-/// Finds binaries for the daemon.
+/// Finds binaries for the daemon; when there are none and `[database]
+/// download` is on, downloads `[database] version` into `installs`.
 pub async fn locate(
     cfg: &crate::config::DatabaseConfig,
     installs: &Path,
 ) -> Result<Binaries, Error> {
     let bin_dir = cfg.bin_dir.clone();
-    let installs = installs.to_path_buf();
-    tokio::task::spawn_blocking(move || find(bin_dir.as_deref(), &installs))
+    let dir = installs.to_path_buf();
+    let found = tokio::task::spawn_blocking(move || find(bin_dir.as_deref(), &dir))
         .await
-        .expect("binary lookup does not panic")
+        .expect("binary lookup does not panic");
+    match found {
+        Err(Error::NotFound { .. }) if cfg.download => {
+            info!(version = %cfg.version, mirror = %cfg.mirror, installs = %installs.display(), "no PostgreSQL binaries found; downloading them ([database] download = true)");
+            let install = install_version(installs, &cfg.version, &cfg.mirror)
+                .await
+                .map_err(|source| Error::Download {
+                    version: cfg.version.clone(),
+                    mirror: cfg.mirror.clone(),
+                    source: Box::new(source),
+                })?;
+            Ok(Binaries {
+                origin: Origin::Downloaded,
+                ..install.binaries
+            })
+        }
+        other => other,
+    }
 }
 
 /// Finds binaries without downloading anything.

@@ -2,8 +2,8 @@
 //! release archive (`postgresql-<version>-<target>.tar.gz`) into
 //! `<data>/pg/binaries/<version>`.
 //!
-//! Called by `pagodirecto postgres install --archive` (and, next, by the
-//! download path once it has fetched an archive).
+//! Called by `pagodirecto postgres install --archive` and by
+//! [`super::download`] once it has fetched an archive.
 //!
 //! Invariants:
 //! - `<installs>/<version>` appears by one `rename` from a hidden
@@ -206,6 +206,11 @@ impl Staging {
             dir,
             installs: installs.to_path_buf(),
         })
+    }
+
+    /// Where a download is written, so it goes away with the staging dir.
+    pub(super) fn download_path(&self) -> PathBuf {
+        self.dir.path().join("download.tar.gz")
     }
 
     /// Unpacks `archive` (named `label` in messages), checks it against
