@@ -3,12 +3,14 @@
 //!
 //! Commands that act on a running daemon go through its control socket;
 //! commands that need the database with no daemon running take the data-dir
-//! lock and start PostgreSQL themselves.
+//! lock and start PostgreSQL themselves. `postgres install|status` need
+//! neither (see `cli/postgres_cmd.rs`).
 
 mod config_cmd;
 mod database;
 mod logs;
 mod migrate;
+mod postgres_cmd;
 mod psql;
 mod run;
 mod status;
@@ -89,6 +91,35 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Install PostgreSQL binaries into the data dir, or show which are used
+    Postgres {
+        #[command(subcommand)]
+        action: PostgresAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PostgresAction {
+    /// Install PostgreSQL binaries into <data>/pg/binaries/<version>
+    ///
+    /// From a theseus-rs/postgresql-binaries archive on this machine
+    /// (FILE.sha256 beside it is checked when present), or downloaded from
+    /// <mirror>/<V>/postgresql-<V>-<target>.tar.gz, whose .sha256 is required.
+    /// A version that is already installed is left as it is.
+    #[command(group = clap::ArgGroup::new("source").required(true))]
+    Install {
+        /// A postgresql-<version>-<target>.tar.gz on this machine (offline)
+        #[arg(long, value_name = "FILE", group = "source")]
+        archive: Option<PathBuf>,
+        /// Download this release, e.g. 16.4.0
+        #[arg(long, value_name = "V", group = "source")]
+        version: Option<String>,
+        /// Download from here instead of [database] mirror
+        #[arg(long, value_name = "URL", requires = "version")]
+        mirror: Option<String>,
+    },
+    /// Show which PostgreSQL binaries would be used and why, and what is installed
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,6 +211,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 runtime.block_on(users::reset_password(load()?, email))
             }
         },
+        Command::Postgres { action } => runtime.block_on(postgres_cmd::run(&load()?, action)),
     }
 }
 

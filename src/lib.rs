@@ -12,11 +12,11 @@
 //!  └─ control socket (unix, 0600): the CLI talks to the running daemon
 //! ```
 //!
-//! Start: config → logging → lock the data dir → find PostgreSQL binaries →
-//! initdb on first start → start postgres as a child and wait until it accepts
-//! connections → create the database and migrate (under an advisory lock) →
-//! open the pool → bind listeners → serve. Stop (SIGTERM/SIGINT): stop
-//! accepting, drain, stop postgres, exit 0.
+//! Start: config → logging → lock the data dir → find (or download)
+//! PostgreSQL binaries → initdb on first start → start postgres as a child and
+//! wait until it accepts connections → create the database and migrate (under
+//! an advisory lock) → open the pool → bind listeners → serve. Stop
+//! (SIGTERM/SIGINT): stop accepting, drain, stop postgres, exit 0.
 //!
 //! ## Code map (calls go down, events go up)
 //!

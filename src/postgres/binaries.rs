@@ -1,15 +1,34 @@
-//! Finding the PostgreSQL binaries to run.
+//! Finding, and when needed obtaining, the PostgreSQL binaries to run.
 //!
 //! Order, each step reported in the log:
 //! 1. `[database] bin_dir`, when set (and nothing else is tried);
-//! 2. an archive installed under the data dir (`pagodirecto postgres install`);
+//! 2. the highest version installed under the data dir, in
+//!    `<data>/pg/binaries/<version>/bin` (`pagodirecto postgres install`);
 //! 3. a system installation: Debian's `/usr/lib/postgresql/<N>/bin`, highest
-//!    supported major, else `pg_config --bindir`.
+//!    supported major, else `pg_config --bindir`;
+//! 4. only in [`locate`], and only when `[database] download` is on: a
+//!    download of `[database] version` from `[database] mirror`, installed as
+//!    in 2 (see [`download`]).
+//!
+//! Called by `daemon` and the CLI. [`find`] never touches the network;
+//! [`archive`] owns how an install lands on disk, [`download`] how one is
+//! fetched.
+//!
+//! Invariant: a directory under `<data>/pg/binaries` whose name does not
+//! start with a dot is a complete install that `postgres --version` ran
+//! from; work in progress lives in hidden `.install-*` directories, which
+//! [`find`] skips.
+
+pub mod archive;
+pub mod download;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tracing::info;
+
+pub use archive::{Install, install_archive};
+pub use download::{archive_url, install_version, target_triple};
 
 /// The oldest major version we run.
 pub const MIN_MAJOR: u32 = 14;
@@ -20,6 +39,9 @@ pub enum Origin {
     Configured,
     Installed,
     System,
+    /// Downloaded from `[database] mirror` by this start; the next start
+    /// finds the same directory as [`Origin::Installed`].
+    Downloaded,
 }
 
 impl Origin {
@@ -29,6 +51,7 @@ impl Origin {
             Self::Configured => "configured bin_dir",
             Self::Installed => "installed under the data dir",
             Self::System => "system installation",
+            Self::Downloaded => "downloaded from [database] mirror",
         }
     }
 }
@@ -59,21 +82,48 @@ pub enum Error {
     #[error("[database] bin_dir = {dir}: {problem}")]
     BadConfigured { dir: PathBuf, problem: String },
     #[error(
-        "no PostgreSQL {MIN_MAJOR}+ binaries found (looked in {DEBIAN_ROOT}/*/bin, pg_config and {installs}); install Debian's postgresql package, run `pagodirecto postgres install --archive FILE`, or set [database] bin_dir"
+        "no PostgreSQL {MIN_MAJOR}+ binaries found (looked in {DEBIAN_ROOT}/*/bin, pg_config and {installs}); install Debian's postgresql package, run `pagodirecto postgres install --archive FILE` or `--version V`, or set [database] bin_dir"
     )]
     NotFound { installs: PathBuf },
+    #[error(
+        "no PostgreSQL binaries found, and downloading PostgreSQL {version} from {mirror} failed ([database] download = true)"
+    )]
+    Download {
+        version: String,
+        mirror: String,
+        #[source]
+        source: Box<download::Error>,
+    },
 }
 
-/// Finds binaries for the daemon.
+/// Finds binaries for the daemon; when there are none and `[database]
+/// download` is on, downloads `[database] version` into `installs`.
 pub async fn locate(
     cfg: &crate::config::DatabaseConfig,
     installs: &Path,
 ) -> Result<Binaries, Error> {
     let bin_dir = cfg.bin_dir.clone();
-    let installs = installs.to_path_buf();
-    tokio::task::spawn_blocking(move || find(bin_dir.as_deref(), &installs))
+    let dir = installs.to_path_buf();
+    let found = tokio::task::spawn_blocking(move || find(bin_dir.as_deref(), &dir))
         .await
-        .expect("binary lookup does not panic")
+        .expect("binary lookup does not panic");
+    match found {
+        Err(Error::NotFound { .. }) if cfg.download => {
+            info!(version = %cfg.version, mirror = %cfg.mirror, installs = %installs.display(), "no PostgreSQL binaries found; downloading them ([database] download = true)");
+            let install = install_version(installs, &cfg.version, &cfg.mirror)
+                .await
+                .map_err(|source| Error::Download {
+                    version: cfg.version.clone(),
+                    mirror: cfg.mirror.clone(),
+                    source: Box::new(source),
+                })?;
+            Ok(Binaries {
+                origin: Origin::Downloaded,
+                ..install.binaries
+            })
+        }
+        other => other,
+    }
 }
 
 /// Finds binaries without downloading anything.
@@ -103,11 +153,33 @@ pub fn find(configured: Option<&Path>, installs: &Path) -> Result<Binaries, Erro
     })
 }
 
+/// Every directory under `installs` that holds an install, with what
+/// [`probe`] says about its `bin`, in version order. For `postgres status`.
+#[must_use]
+pub fn installed(installs: &Path) -> Vec<(PathBuf, Result<Binaries, String>)> {
+    let mut found: Vec<_> = subdirs(installs)
+        .map(|dir| {
+            let bin = dir.join("bin");
+            let probed = probe(&bin, Origin::Installed);
+            (bin, probed)
+        })
+        .collect();
+    // Working installs by version, then broken ones by path.
+    found.sort_by_cached_key(|(bin, probed)| match probed {
+        Ok(b) => (false, version_key(&b.version), PathBuf::new()),
+        Err(_) => (true, Vec::new(), bin.clone()),
+    });
+    found
+}
+
+/// Directories in `dir`, except hidden ones: `.install-*` under the
+/// installs dir is an install in progress (or one a crash left behind).
 fn subdirs(dir: &Path) -> impl Iterator<Item = PathBuf> {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .filter_map(Result::ok)
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .map(|e| e.path())
         .filter(|p| p.is_dir())
 }
@@ -129,6 +201,19 @@ fn best(dirs: impl Iterator<Item = PathBuf>, origin: Origin) -> Option<Binaries>
 
 fn version_key(version: &str) -> Vec<u32> {
     version.split('.').map(|p| p.parse().unwrap_or(0)).collect()
+}
+
+/// Whether two spellings name the same release: theseus archives are
+/// "15.18.0", `postgres --version` says "15.18".
+fn same_version(a: &str, b: &str) -> bool {
+    let trimmed = |v: &str| {
+        let mut key = version_key(v);
+        while key.last() == Some(&0) {
+            key.pop();
+        }
+        key
+    };
+    trimmed(a) == trimmed(b)
 }
 
 /// Checks that `dir` has what we run and asks `postgres` its version.
@@ -159,13 +244,20 @@ pub fn probe(dir: &Path, origin: Origin) -> Result<Binaries, String> {
 }
 
 /// "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)" → "15.18".
+///
+/// The result names a directory under the installs dir, so it is digits
+/// separated by single dots and never "", "." or "..".
 fn parse_version(text: &str) -> Option<String> {
     let after = text.split("(PostgreSQL)").nth(1)?.trim();
     let version: String = after
         .chars()
         .take_while(|c| c.is_ascii_digit() || *c == '.')
         .collect();
-    (!version.is_empty()).then_some(version)
+    let version = version.trim_end_matches('.');
+    version
+        .split('.')
+        .all(|part| !part.is_empty())
+        .then(|| version.to_string())
 }
 
 #[cfg(test)]
@@ -183,6 +275,25 @@ mod tests {
             Some("16.4")
         );
         assert_eq!(parse_version("something else"), None);
+        assert_eq!(parse_version("postgres (PostgreSQL) ..\n"), None);
+        assert_eq!(parse_version("postgres (PostgreSQL) \n"), None);
+    }
+
+    #[test]
+    fn archive_and_server_spellings_of_a_version_match() {
+        assert!(same_version("15.18.0", "15.18"));
+        assert!(same_version("16.4", "16.4.0"));
+        assert!(!same_version("16.4.0", "16.40"));
+        assert!(!same_version("16.4.1", "16.4"));
+    }
+
+    #[test]
+    fn hidden_directories_are_not_installs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join(".install-x1")).expect("mkdir");
+        std::fs::create_dir(dir.path().join("15.18")).expect("mkdir");
+        let names: Vec<_> = subdirs(dir.path()).collect();
+        assert_eq!(names, [dir.path().join("15.18")]);
     }
 
     #[test]

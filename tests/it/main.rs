@@ -3,5 +3,6 @@
 
 mod support;
 
+mod binaries;
 mod cli;
 mod lifecycle;
