@@ -57,8 +57,7 @@ impl std::fmt::Debug for SigningKeys {
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn new_key() -> StoredKey {

@@ -203,8 +203,7 @@ async fn issue(
     let cfg = &state.api.auth;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+        .map_or(0, |d| d.as_secs());
     let ttl = cfg.access_token_ttl.as_secs();
     let claims = Claims {
         sub: user_id,

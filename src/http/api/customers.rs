@@ -290,9 +290,8 @@ pub async fn update(
             ],
         )
         .await?;
-    let row = match row {
-        Some(row) => row,
-        None => return Err(missing_or_stale(&db, "customers.customers", id, "customer").await),
+    let Some(row) = row else {
+        return Err(missing_or_stale(&db, "customers.customers", id, "customer").await);
     };
     db.commit().await?;
     let customer = Customer::from_row(&row);
