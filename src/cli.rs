@@ -6,6 +6,7 @@
 //! lock and start PostgreSQL themselves. `postgres install|status` need
 //! neither (see `cli/postgres_cmd.rs`).
 
+mod backup;
 mod config_cmd;
 mod database;
 mod logs;
@@ -75,6 +76,18 @@ pub enum Command {
     Psql {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Take, list, verify and prune backups; run a restore drill
+    Backup {
+        #[command(subcommand)]
+        action: backup::BackupAction,
+    },
+    /// Replace the data with a backup (a safety backup is taken first)
+    Restore {
+        name: String,
+        /// Do not ask for confirmation
+        #[arg(long)]
+        yes: bool,
     },
     /// Manage tenants
     Tenant {
@@ -197,6 +210,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => logs::run(&load()?, follow, lines, service),
         Command::Migrate { status } => runtime.block_on(migrate::run(load()?, status)),
         Command::Psql { args } => runtime.block_on(psql::run(load()?, args)),
+        Command::Backup { action } => runtime.block_on(backup::run(load()?, action)),
+        Command::Restore { name, yes } => runtime.block_on(backup::restore(load()?, name, yes)),
         Command::Tenant {
             action: TenantAction::Add { name },
         } => runtime.block_on(users::add_tenant(load()?, name)),

@@ -35,6 +35,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub logging: LogConfig,
     pub auth: AuthConfig,
+    pub backup: BackupConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -103,6 +104,42 @@ pub struct LogConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Where backups go; default `<data_dir>/backups`.
+    pub directory: Option<PathBuf>,
+    /// When to back up: a 5-field cron expression in local time ("" = never).
+    pub schedule: String,
+    /// Backups older than this many days are deleted…
+    pub keep_days: u32,
+    /// …except the newest `keep_last` good ones, whatever their age.
+    pub keep_last: u32,
+    /// age recipients (`age1…`): when set, backups are encrypted to them.
+    pub recipients: Vec<String>,
+    /// An age identity file that decrypts them, for verify, drill and restore.
+    pub identity_file: Option<PathBuf>,
+    /// When to run a restore drill of the newest backup ("" = never).
+    pub drill: String,
+    /// zstd level (1–19): 3 is fast; higher is smaller and slower.
+    pub compression_level: i32,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            directory: None,
+            schedule: "0 2 * * *".into(),
+            keep_days: 30,
+            keep_last: 7,
+            recipients: Vec::new(),
+            identity_file: None,
+            drill: "30 3 * * 0".into(),
+            compression_level: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Lifetime of an access token (JWT).
     #[serde(with = "humantime_serde")]
@@ -150,6 +187,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             logging: LogConfig::default(),
             auth: AuthConfig::default(),
+            backup: BackupConfig::default(),
         }
     }
 }
@@ -394,6 +432,30 @@ impl Config {
         if self.auth.ip_failure_limit == 0 {
             out.push(("auth.ip_failure_limit", "must be at least 1".into()));
         }
+        for (key, cron) in [
+            ("backup.schedule", &self.backup.schedule),
+            ("backup.drill", &self.backup.drill),
+        ] {
+            if !cron.trim().is_empty() {
+                if let Err(err) = cron.parse::<croner::Cron>() {
+                    out.push((key, format!("{cron:?} is not a cron expression: {err}")));
+                }
+            }
+        }
+        for recipient in &self.backup.recipients {
+            if recipient.parse::<age::x25519::Recipient>().is_err() {
+                out.push((
+                    "backup.recipients",
+                    format!("{recipient:?} is not an age recipient (age1…)"),
+                ));
+            }
+        }
+        if !(1..=19).contains(&self.backup.compression_level) {
+            out.push((
+                "backup.compression_level",
+                "must be between 1 and 19".into(),
+            ));
+        }
         if self.database.start_timeout < Duration::from_secs(1) {
             out.push(("database.start_timeout", "must be at least 1s".into()));
         }
@@ -425,7 +487,11 @@ impl Config {
 
     #[must_use]
     pub fn paths(&self) -> Paths {
-        Paths::new(self.data_dir.clone(), self.logging.directory.clone())
+        Paths::new(
+            self.data_dir.clone(),
+            self.logging.directory.clone(),
+            self.backup.directory.clone(),
+        )
     }
 
     /// The config as TOML with secrets replaced, for `config show`.
@@ -573,6 +639,21 @@ mod tests {
         check_invalid("[server]\nlisten = [\"localhost\"]", "server.listen");
         check_invalid("[logging]\nformat = \"xml\"", "logging.format");
     }
+    #[test]
+    fn backup_settings_are_checked() {
+        check_invalid(
+            "[backup]\nschedule = \"every day\"",
+            "backup.schedule: \"every day\" is not a cron expression",
+        );
+        check_invalid("[backup]\nrecipients = [\"bob\"]", "backup.recipients");
+        check_invalid(
+            "[backup]\ncompression_level = 40",
+            "backup.compression_level",
+        );
+        Config::from_toml("[backup]\nschedule = \"\"\ndrill = \"\"")
+            .expect("empty schedules mean never");
+    }
+
     #[test]
     fn semantic_checks_name_the_key() {
         check_invalid(

@@ -22,6 +22,12 @@ use tracing::debug;
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    BackupCreate { label: Option<String> },
+    BackupList,
+    BackupVerify { name: Option<String> },
+    BackupPrune,
+    BackupDrill,
+    Restore { name: String },
 }
 
 /// The answer to [`Request::Status`].
@@ -36,6 +42,23 @@ pub struct StatusReport {
     pub ready: bool,
     pub checks: Vec<CheckReport>,
     pub postgres: PostgresReport,
+    pub backups: BackupReport,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct BackupReport {
+    pub directory: PathBuf,
+    pub count: usize,
+    pub last_success: Option<String>,
+    pub last_success_at: Option<String>,
+    pub last_size: Option<u64>,
+    pub last_duration_ms: Option<u64>,
+    pub last_failure: Option<String>,
+    pub last_verified_restorable_at: Option<String>,
+    pub last_verified_restorable: Option<String>,
+    pub last_drill_failure: Option<String>,
+    pub running: Option<String>,
+    pub next_scheduled: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -23,8 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::auth::{self, SigningKeys};
+use crate::backup::schedule::Schedule;
+use crate::backup::{Backups, Store, pipeline};
 use crate::config::{Config, Loaded};
-use crate::control::{self, CheckReport, PostgresReport, Request, StatusReport};
+use crate::control::{self, BackupReport, CheckReport, PostgresReport, Request, StatusReport};
 use crate::health::Health;
 use crate::lock::DataDirLock;
 use crate::paths::Paths;
@@ -43,6 +45,9 @@ enum Event {
     PostgresFinished(Result<(), postgres::Error>),
     PostgresChanged(postgres::Status),
     Control(Request, oneshot::Sender<Result<serde_json::Value, String>>),
+    /// The backup schedule (or a missed run at start) says: back up now.
+    BackupDue,
+    DrillDue,
     Reload,
 }
 
@@ -101,6 +106,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         source: source.to_string(),
         cluster: &cluster,
         health: serving.health.clone(),
+        backups: serving.backups.clone(),
         bound: serving.bound.clone(),
         started,
     };
@@ -108,7 +114,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
 
     // Reverse start order: nothing new comes in, in-flight requests finish,
     // and only then does the database they need go away.
-    serving.stop().await;
+    serving.stop(config.server.drain_timeout).await;
     stop_postgres.cancel();
     if outcome.is_ok() {
         server.finished().await.context("stopping postgres")?;
@@ -118,9 +124,13 @@ pub async fn run(loaded: Loaded) -> Result<()> {
     outcome
 }
 
-/// What runs once postgres is up: HTTP and the control socket.
+/// What runs once postgres is up: HTTP, the control socket, backups.
 struct Serving {
     health: Arc<Health>,
+    backups: Arc<Backups>,
+    backup_due: mpsc::Receiver<()>,
+    drill_due: mpsc::Receiver<()>,
+    stop_schedules: CancellationToken,
     postgres_up: watch::Sender<bool>,
     bound: Vec<SocketAddr>,
     control: mpsc::Receiver<control::Pending>,
@@ -149,6 +159,26 @@ async fn start_serving(config: &Config, paths: &Paths, cluster: &Cluster) -> Res
     );
     health.migrations_applied.store(true, Ordering::Release);
 
+    let store = Store::new(paths.backup_dir(), &config.backup);
+    let backups = Arc::new(Backups::new(
+        cluster.clone(),
+        &config.database.name,
+        store,
+        config.limits.disk_reserve.as_u64(),
+        Some(health.clone()),
+    ));
+    let stop_schedules = CancellationToken::new();
+    let backup_due = schedule(&config.backup.schedule, "backup.schedule", &stop_schedules)?;
+    let drill_due = schedule(&config.backup.drill, "backup.drill", &stop_schedules)?;
+    if let Some(schedule) = Schedule::parse(&config.backup.schedule)? {
+        let last = backups.history().last_success.map(|m| m.created_at);
+        let last = last.and_then(|t| chrono::DateTime::from_timestamp(t.unix_timestamp(), 0));
+        if schedule.missed(last, &chrono::Local::now()) {
+            info!("a scheduled backup was missed (or none exists yet); catching up now");
+            spawn_backup(&backups, None);
+        }
+    }
+
     let listeners = bind(&config.server.listen).await?;
     let bound: Vec<SocketAddr> = listeners
         .iter()
@@ -173,6 +203,7 @@ async fn start_serving(config: &Config, paths: &Paths, cluster: &Cluster) -> Res
         pool: health.pool.clone().expect("the daemon's health has a pool"),
         keys,
         auth: config.auth.clone(),
+        backups: Some(backups.clone()),
     });
     let router = http::router(http::AppState {
         health: health.clone(),
@@ -186,6 +217,10 @@ async fn start_serving(config: &Config, paths: &Paths, cluster: &Cluster) -> Res
     ));
     Ok(Serving {
         health,
+        backups,
+        backup_due,
+        drill_due,
+        stop_schedules,
         postgres_up,
         bound,
         control,
@@ -196,11 +231,61 @@ async fn start_serving(config: &Config, paths: &Paths, cluster: &Cluster) -> Res
 }
 
 impl Serving {
-    async fn stop(self) {
+    async fn stop(self, drain: Duration) {
         self.stop_http.cancel();
         let _ = self.http.await;
         self.stop_control.cancel();
+        self.stop_schedules.cancel();
+        // A backup in progress is aborted (it leaves nothing) before the
+        // database goes away; a restore is waited for, bounded.
+        self.backups.abort_and_wait(drain).await;
     }
+}
+
+/// Starts the ticker for a cron `expr` ("" = never); its receiver never
+/// yields when there is no schedule.
+fn schedule(expr: &str, key: &str, cancel: &CancellationToken) -> Result<mpsc::Receiver<()>> {
+    let (tx, rx) = mpsc::channel(1);
+    if let Some(schedule) = Schedule::parse(expr).with_context(|| format!("{key} = {expr:?}"))? {
+        let (due_tx, mut due_rx) = mpsc::channel(1);
+        let clock: Arc<dyn Fn() -> chrono::DateTime<chrono::Local> + Send + Sync> =
+            Arc::new(chrono::Local::now);
+        tokio::spawn(crate::backup::schedule::ticker(
+            schedule,
+            clock,
+            due_tx,
+            cancel.clone(),
+        ));
+        tokio::spawn(async move {
+            while due_rx.recv().await.is_some() {
+                if tx.send(()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    } else {
+        // Keep the sender alive so the receiver pends instead of closing.
+        std::mem::forget(tx);
+    }
+    Ok(rx)
+}
+
+/// Runs a backup in the background; the result goes to the log and history.
+fn spawn_backup(
+    backups: &Arc<Backups>,
+    reply: Option<oneshot::Sender<Result<serde_json::Value, String>>>,
+) {
+    let backups = backups.clone();
+    tokio::spawn(async move {
+        let result = backups.create(None, pipeline::Progress::none()).await;
+        if let Some(reply) = reply {
+            let _ = reply.send(
+                result
+                    .map(|m| serde_json::to_value(m).unwrap_or_default())
+                    .map_err(|e| e.to_string()),
+            );
+        }
+    });
 }
 
 /// Waits for events and acts on them until one ends the daemon.
@@ -221,6 +306,8 @@ async fn event_loop(
                 Err(_) => continue,
             },
             Some((request, reply)) = serving.control.recv() => Event::Control(request, reply),
+            Some(()) = serving.backup_due.recv() => Event::BackupDue,
+            Some(()) = serving.drill_due.recv() => Event::DrillDue,
         };
         match event {
             Event::Shutdown(name) => {
@@ -244,14 +331,22 @@ async fn event_loop(
                     let _ = serving.postgres_up.send(up);
                 }
             }
-            Event::Control(request, reply) => {
-                let answer = match request {
-                    Request::Status => {
-                        let pg = pg_status.borrow().clone();
-                        serde_json::to_value(context.report(&pg).await).map_err(|e| e.to_string())
-                    }
-                };
-                let _ = reply.send(answer);
+            Event::Control(Request::Status, reply) => {
+                let pg = pg_status.borrow().clone();
+                let _ = reply.send(
+                    serde_json::to_value(context.report(&pg).await).map_err(|e| e.to_string()),
+                );
+            }
+            Event::Control(request, reply) => backup_request(&serving.backups, request, reply),
+            Event::BackupDue => {
+                info!("scheduled backup");
+                spawn_backup(&serving.backups, None);
+            }
+            Event::DrillDue => {
+                let backups = serving.backups.clone();
+                tokio::spawn(async move {
+                    let _ = backups.drill().await;
+                });
             }
             Event::Reload => {
                 warn!(
@@ -260,6 +355,39 @@ async fn event_loop(
             }
         }
     }
+}
+
+/// Answers a backup request from the control socket in the background:
+/// backups take minutes, and the event loop must keep serving meanwhile.
+fn backup_request(
+    backups: &Arc<Backups>,
+    request: Request,
+    reply: oneshot::Sender<Result<serde_json::Value, String>>,
+) {
+    let backups = backups.clone();
+    tokio::spawn(async move {
+        let none = pipeline::Progress::none;
+        let answer = match request {
+            Request::Status => Ok(serde_json::Value::Null), // answered by the event loop
+            Request::BackupCreate { label } => {
+                backups.create(label.as_deref(), none()).await.map(json)
+            }
+            Request::BackupList => backups.store().list().map(json),
+            Request::BackupVerify { name } => {
+                backups.verify(name.as_deref(), none()).await.map(json)
+            }
+            Request::BackupPrune => backups.prune().map(json),
+            Request::BackupDrill => backups.drill().await.map(json),
+            Request::Restore { name } => backups.restore(&name, none()).await.map(
+                |r| serde_json::json!({ "restored": r.restored, "safety_backup": r.safety_backup }),
+            ),
+        };
+        let _ = reply.send(answer.map_err(|e| format!("{:#}", anyhow::Error::from(e))));
+    });
+}
+
+fn json(value: impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or_default()
 }
 
 /// Creates the application database, migrates it and sets the app role's
@@ -397,6 +525,7 @@ struct StatusContext<'a> {
     source: String,
     cluster: &'a Cluster,
     health: Arc<Health>,
+    backups: Arc<Backups>,
     bound: Vec<SocketAddr>,
     started: Instant,
 }
@@ -436,6 +565,40 @@ impl StatusContext<'_> {
                 origin: binaries.origin.as_str().to_string(),
                 os_user: self.cluster.account().map(|a| a.name.clone()),
             },
+            backups: self.backup_report(),
+        }
+    }
+
+    fn backup_report(&self) -> BackupReport {
+        let history = self.backups.history();
+        let rfc = |t: time::OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        };
+        let next = Schedule::parse(&self.config.backup.schedule)
+            .ok()
+            .flatten()
+            .and_then(|s| s.next_after(&chrono::Local::now()))
+            .map(|t| t.to_rfc3339());
+        BackupReport {
+            directory: self.backups.store().dir.clone(),
+            count: self.backups.store().list().map(|l| l.len()).unwrap_or(0),
+            last_success: history.last_success.as_ref().map(|m| m.name.clone()),
+            last_success_at: history.last_success.as_ref().map(|m| rfc(m.created_at)),
+            last_size: history.last_success.as_ref().map(|m| m.size),
+            last_duration_ms: history.last_success.as_ref().map(|m| m.duration_ms),
+            last_failure: history
+                .last_failure
+                .map(|(at, e)| format!("{}: {e}", rfc(at))),
+            last_verified_restorable_at: history.last_restorable.as_ref().map(|(at, _)| rfc(*at)),
+            last_verified_restorable: history.last_restorable.map(|(_, name)| name),
+            last_drill_failure: history
+                .last_drill_failure
+                .map(|(at, e)| format!("{}: {e}", rfc(at))),
+            running: history
+                .running
+                .map(|(at, what)| format!("{what} since {}", rfc(at))),
+            next_scheduled: next,
         }
     }
 }

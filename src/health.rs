@@ -23,6 +23,8 @@ pub struct Health {
     pub data_dir: PathBuf,
     pub disk_reserve: u64,
     pub pool: Option<deadpool_postgres::Pool>,
+    /// Why the API is in maintenance (a restore), if it is.
+    maintenance: std::sync::Mutex<Option<String>>,
 }
 
 /// One named check and its outcome.
@@ -59,12 +61,37 @@ impl Health {
             data_dir,
             disk_reserve,
             pool,
+            maintenance: std::sync::Mutex::new(None),
         })
     }
 
     pub async fn check(&self) -> Readiness {
-        let checks = vec![self.postgres().await, self.migrations(), self.disk()];
+        let mut checks = vec![self.postgres().await, self.migrations(), self.disk()];
+        if let Some(reason) = self.maintenance() {
+            checks.push(Check {
+                name: "maintenance",
+                ok: false,
+                detail: reason,
+            });
+        }
         Readiness { checks }
+    }
+
+    /// Puts the API in maintenance (`Some(reason)`: 503 with that reason) or
+    /// takes it out (`None`). Liveness is unaffected: nothing restarts us.
+    pub fn set_maintenance(&self, reason: Option<String>) {
+        *self
+            .maintenance
+            .lock()
+            .expect("maintenance lock is never poisoned") = reason;
+    }
+
+    #[must_use]
+    pub fn maintenance(&self) -> Option<String> {
+        self.maintenance
+            .lock()
+            .expect("maintenance lock is never poisoned")
+            .clone()
     }
 
     async fn postgres(&self) -> Check {

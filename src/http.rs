@@ -46,6 +46,8 @@ pub struct ApiState {
     pub pool: deadpool_postgres::Pool,
     pub keys: SigningKeys,
     pub auth: AuthConfig,
+    /// Absent in tests that build a router without a cluster.
+    pub backups: Option<Arc<crate::backup::Backups>>,
 }
 
 #[derive(utoipa::OpenApi)]

@@ -55,6 +55,7 @@
 //! - `http` and `control` are the only modules that serialise to the outside.
 
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod control;

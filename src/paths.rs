@@ -13,14 +13,27 @@ use std::path::{Path, PathBuf};
 pub struct Paths {
     data_dir: PathBuf,
     log_dir: PathBuf,
+    backup_dir: PathBuf,
 }
 
 impl Paths {
-    /// `log_dir` is `[logging] directory` when set, else `<data>/logs`.
+    /// `log_dir` is `[logging] directory` when set, else `<data>/logs`;
+    /// `backup_dir` is `[backup] directory` when set, else `<data>/backups`.
     #[must_use]
-    pub fn new(data_dir: PathBuf, log_dir: Option<PathBuf>) -> Self {
+    pub fn new(data_dir: PathBuf, log_dir: Option<PathBuf>, backup_dir: Option<PathBuf>) -> Self {
         let log_dir = log_dir.unwrap_or_else(|| data_dir.join("logs"));
-        Self { data_dir, log_dir }
+        let backup_dir = backup_dir.unwrap_or_else(|| data_dir.join("backups"));
+        Self {
+            data_dir,
+            log_dir,
+            backup_dir,
+        }
+    }
+
+    /// Backups and their manifests.
+    #[must_use]
+    pub fn backup_dir(&self) -> &Path {
+        &self.backup_dir
     }
 
     #[must_use]
@@ -92,7 +105,7 @@ mod tests {
 
     #[test]
     fn every_location_is_under_the_data_dir_except_an_explicit_log_dir() {
-        let paths = Paths::new("/d".into(), None);
+        let paths = Paths::new("/d".into(), None, None);
         for p in [
             paths.lock_file(),
             paths.secrets_dir(),
@@ -102,10 +115,11 @@ mod tests {
             paths.control_socket(),
             paths.http_addr_file(),
             paths.log_dir().to_path_buf(),
+            paths.backup_dir().to_path_buf(),
         ] {
             assert!(p.starts_with("/d"), "{}", p.display());
         }
-        let paths = Paths::new("/d".into(), Some("/var/log/pd".into()));
+        let paths = Paths::new("/d".into(), Some("/var/log/pd".into()), None);
         assert_eq!(paths.log_dir(), Path::new("/var/log/pd"));
     }
 }

@@ -339,7 +339,13 @@ impl Cluster {
     /// invoking user: clients may run as root, and the socket is all they need.
     #[must_use]
     pub fn client_command(&self, program: &str, dbname: &str) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(self.binaries.bin_dir.join(program));
+        tokio::process::Command::from(self.client_command_std(program, dbname))
+    }
+
+    /// [`Cluster::client_command`] for blocking code (streaming pipelines).
+    #[must_use]
+    pub fn client_command_std(&self, program: &str, dbname: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new(self.binaries.bin_dir.join(program));
         cmd.env("PGHOST", &self.socket_dir)
             .env("PGPORT", self.port.to_string())
             .env("PGUSER", command::SUPERUSER)

@@ -76,6 +76,44 @@ fn render(r: &StatusReport) -> String {
             .map(|e| format!(" (last exit: {e})"))
             .unwrap_or_default()
     );
+    let b = &r.backups;
+    let _ = writeln!(out, "backups ({} in {})", b.count, b.directory.display());
+    let _ = writeln!(
+        out,
+        "  last:      {}",
+        b.last_success.as_ref().map_or_else(
+            || "none yet".to_string(),
+            |name| format!(
+                "{name} at {} ({}, {} ms)",
+                b.last_success_at.as_deref().unwrap_or("?"),
+                bytesize::ByteSize(b.last_size.unwrap_or(0)),
+                b.last_duration_ms.unwrap_or(0)
+            )
+        )
+    );
+    let _ = writeln!(
+        out,
+        "  restorable: {}",
+        b.last_verified_restorable.as_ref().map_or_else(
+            || "not proven by a drill yet".to_string(),
+            |name| format!(
+                "{name} (drill at {})",
+                b.last_verified_restorable_at.as_deref().unwrap_or("?")
+            )
+        )
+    );
+    if let Some(failure) = &b.last_failure {
+        let _ = writeln!(out, "  LAST FAILURE: {failure}");
+    }
+    if let Some(failure) = &b.last_drill_failure {
+        let _ = writeln!(out, "  LAST DRILL FAILURE: {failure}");
+    }
+    if let Some(running) = &b.running {
+        let _ = writeln!(out, "  running:   {running}");
+    }
+    if let Some(next) = &b.next_scheduled {
+        let _ = writeln!(out, "  next:      {next}");
+    }
     let _ = writeln!(out, "checks");
     for check in &r.checks {
         let _ = writeln!(

@@ -159,6 +159,9 @@ async fn begin_raw(
     user: Option<Uuid>,
     headers: &HeaderMap,
 ) -> Result<(deadpool_postgres::Object, Option<Role>), ApiError> {
+    if let Some(reason) = state.health.maintenance() {
+        return Err(ApiError::Maintenance(reason));
+    }
     if !*state.health.postgres_up.borrow() {
         return Err(ApiError::Unavailable);
     }

@@ -44,6 +44,8 @@ pub enum ApiError {
     TooManyRequests { detail: String, retry_after: u64 },
     #[error("the database is not available right now")]
     Unavailable,
+    #[error("maintenance: {0}; try again in a moment")]
+    Maintenance(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -115,6 +117,11 @@ impl ApiError {
                 "too-many-requests",
                 "Too many requests",
             ),
+            Self::Maintenance(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "maintenance",
+                "Maintenance",
+            ),
             Self::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -132,7 +139,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind, title) = self.parts();
-        if status.is_server_error() && !matches!(self, Self::Unavailable) {
+        if status.is_server_error() && !matches!(self, Self::Unavailable | Self::Maintenance(_)) {
             tracing::error!(error = ?anyhow::Error::from(self), "request failed");
             let problem = Problem {
                 kind: format!("{TYPE_BASE}{kind}"),
@@ -158,6 +165,7 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             Self::TooManyRequests { retry_after, .. } => Some(*retry_after),
             Self::Unavailable => Some(1),
+            Self::Maintenance(_) => Some(5),
             _ => None,
         };
         if let Some(secs) = retry_after {

@@ -1,0 +1,309 @@
+//! The backup operations as one handle: one backup (or restore, or drill)
+//! at a time, last results remembered for `status`, and restore with a
+//! safety backup, maintenance mode and a way back.
+//!
+//! Used by `daemon` (schedule, control socket, API) and by the CLI when no
+//! daemon runs (then without maintenance mode: nothing is serving).
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use time::OffsetDateTime;
+use tracing::{error, info, warn};
+
+use super::{AbortFlag, Error, Manifest, Store, Target, pipeline};
+use crate::health::Health;
+use crate::postgres::Cluster;
+
+/// The outcome of the last scheduled or requested runs, for status and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    pub last_success: Option<Manifest>,
+    pub last_failure: Option<(OffsetDateTime, String)>,
+    /// The newest backup a restore drill has proven restorable.
+    pub last_restorable: Option<(OffsetDateTime, String)>,
+    pub last_drill_failure: Option<(OffsetDateTime, String)>,
+    pub running: Option<(OffsetDateTime, &'static str)>,
+}
+
+pub struct Backups {
+    cluster: Cluster,
+    database: String,
+    store: Store,
+    disk_reserve: u64,
+    /// Serialises backups, drills and restores: they all use the cluster heavily
+    /// and a restore must not race a backup of the database it replaces.
+    lock: tokio::sync::Mutex<()>,
+    abort: AbortFlag,
+    history: Mutex<History>,
+    /// Set when serving: restore puts the API in maintenance through it.
+    health: Option<Arc<Health>>,
+}
+
+impl Backups {
+    #[must_use]
+    pub fn new(
+        cluster: Cluster,
+        database: &str,
+        store: Store,
+        disk_reserve: u64,
+        health: Option<Arc<Health>>,
+    ) -> Self {
+        let mut history = History::default();
+        if let Ok(list) = store.list() {
+            history.last_success = list.first().cloned();
+            history.last_restorable = list
+                .iter()
+                .find_map(|m| m.restore_verified_at.map(|at| (at, m.name.clone())));
+        }
+        Self {
+            cluster,
+            database: database.to_string(),
+            store,
+            disk_reserve,
+            lock: tokio::sync::Mutex::new(()),
+            abort: Arc::new(AtomicBool::new(false)),
+            history: Mutex::new(history),
+            health,
+        }
+    }
+
+    #[must_use]
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    #[must_use]
+    pub fn history(&self) -> History {
+        self.history
+            .lock()
+            .expect("history lock is never poisoned")
+            .clone()
+    }
+
+    /// Stops a running backup at the next chunk and waits (bounded) until
+    /// nothing runs, so postgres can stop under no one's feet.
+    pub async fn abort_and_wait(&self, within: std::time::Duration) {
+        self.abort.store(true, std::sync::atomic::Ordering::Relaxed);
+        if tokio::time::timeout(within, self.lock.lock())
+            .await
+            .is_err()
+        {
+            warn!(
+                ?within,
+                "a backup operation is still running; stopping anyway"
+            );
+        }
+    }
+
+    fn target(&self) -> Target<'_> {
+        Target {
+            cluster: &self.cluster,
+            database: &self.database,
+            disk_reserve: self.disk_reserve,
+        }
+    }
+
+    fn begin(&self, what: &'static str) -> Result<tokio::sync::MutexGuard<'_, ()>, Error> {
+        let guard = self.lock.try_lock().map_err(|_| Error::Busy)?;
+        self.history.lock().expect("history lock").running =
+            Some((OffsetDateTime::now_utc(), what));
+        Ok(guard)
+    }
+
+    fn end(&self) {
+        self.history.lock().expect("history lock").running = None;
+    }
+
+    /// Takes a backup now, then applies retention.
+    pub async fn create(
+        &self,
+        label: Option<&str>,
+        progress: pipeline::Progress,
+    ) -> Result<Manifest, Error> {
+        let _guard = self.begin("backup")?;
+        let result = self.create_locked(label, progress).await;
+        self.end();
+        result
+    }
+
+    async fn create_locked(
+        &self,
+        label: Option<&str>,
+        progress: pipeline::Progress,
+    ) -> Result<Manifest, Error> {
+        let result = super::create(&self.target(), &self.store, label, &self.abort, progress).await;
+        let mut history = self.history.lock().expect("history lock");
+        match &result {
+            Ok(manifest) => history.last_success = Some(manifest.clone()),
+            Err(err) => {
+                error!(error = %err, "backup failed");
+                history.last_failure = Some((OffsetDateTime::now_utc(), err.to_string()));
+            }
+        }
+        drop(history);
+        if result.is_ok() {
+            if let Err(err) = self.store.prune(OffsetDateTime::now_utc()) {
+                warn!(error = %err, "retention failed");
+            }
+        }
+        result
+    }
+
+    pub async fn verify(
+        &self,
+        name: Option<&str>,
+        progress: pipeline::Progress,
+    ) -> Result<Manifest, Error> {
+        let name = match name {
+            Some(name) => name.to_string(),
+            None => {
+                self.store
+                    .list()?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| Error::NotFound("(none yet)".into()))?
+                    .name
+            }
+        };
+        super::verify(&self.cluster, &self.store, &name, progress).await
+    }
+
+    pub fn prune(&self) -> Result<Vec<String>, Error> {
+        let _guard = self.lock.try_lock().map_err(|_| Error::Busy)?;
+        let mut removed = self.store.cleanup()?;
+        removed.extend(self.store.prune(OffsetDateTime::now_utc())?);
+        Ok(removed)
+    }
+
+    pub async fn drill(&self) -> Result<Manifest, Error> {
+        let _guard = self.begin("restore drill")?;
+        let result = super::drill(&self.target(), &self.store).await;
+        let mut history = self.history.lock().expect("history lock");
+        match &result {
+            Ok(manifest) => {
+                history.last_restorable = manifest
+                    .restore_verified_at
+                    .map(|at| (at, manifest.name.clone()))
+            }
+            Err(err) => {
+                error!(error = %err, "restore drill failed");
+                history.last_drill_failure = Some((OffsetDateTime::now_utc(), err.to_string()));
+            }
+        }
+        drop(history);
+        self.end();
+        result
+    }
+
+    /// Restores backup `name` over the live database.
+    ///
+    /// Order: verify the backup (nothing touched if it is bad or too new) →
+    /// safety backup of the current data → maintenance mode → restore into
+    /// a fresh database → migrate it forward → swap it in (the old one kept)
+    /// → drop the old one → leave maintenance. A failure at any step leaves
+    /// (or puts back) the previous database and leaves maintenance.
+    pub async fn restore(
+        &self,
+        name: &str,
+        progress: pipeline::Progress,
+    ) -> Result<RestoreReport, Error> {
+        let _guard = self.begin("restore")?;
+        let result = self.restore_locked(name, progress).await;
+        if let Some(health) = &self.health {
+            health.set_maintenance(None);
+        }
+        self.end();
+        result
+    }
+
+    async fn restore_locked(
+        &self,
+        name: &str,
+        progress: pipeline::Progress,
+    ) -> Result<RestoreReport, Error> {
+        let manifest = self.store.get(name)?;
+        let binary = crate::migrate::latest_known();
+        if manifest.schema_version > binary {
+            return Err(Error::NewerSchema {
+                name: name.to_string(),
+                backup: manifest.schema_version,
+                binary,
+            });
+        }
+        super::verify(&self.cluster, &self.store, name, pipeline::Progress::none()).await?;
+        let safety = super::create(
+            &self.target(),
+            &self.store,
+            Some("pre-restore"),
+            &self.abort,
+            pipeline::Progress::none(),
+        )
+        .await?;
+        info!(
+            backup = name,
+            safety = safety.name,
+            "restoring; a safety backup of the current data was taken first"
+        );
+        if let Some(health) = &self.health {
+            health.set_maintenance(Some(format!("restoring backup {name}")));
+        }
+        let stamp = OffsetDateTime::now_utc().unix_timestamp();
+        let incoming = format!("{}_restore_{stamp}", self.database);
+        let old = format!("{}_old_{stamp}", self.database);
+        if let Err(err) =
+            super::restore_into(&self.target(), &self.store, name, &incoming, progress).await
+        {
+            let _ = super::drop_database(&self.cluster, &incoming).await;
+            return Err(err);
+        }
+        let migrated = self.migrate(&incoming).await;
+        if let Err(err) = migrated {
+            let _ = super::drop_database(&self.cluster, &incoming).await;
+            return Err(err);
+        }
+        super::swap_databases(&self.cluster, &self.database, &incoming, &old)
+            .await
+            .inspect_err(|_| {
+                warn!("the swap failed; the previous database is still in place");
+            })?;
+        if let Err(err) = super::drop_database(&self.cluster, &old).await {
+            warn!(error = %err, database = old, "could not drop the replaced database; drop it by hand");
+        }
+        info!(backup = name, "restore complete");
+        Ok(RestoreReport {
+            restored: manifest,
+            safety_backup: safety.name,
+            migrated_from: 0,
+        })
+    }
+
+    async fn migrate(&self, database: &str) -> Result<(), Error> {
+        let (mut client, connection) = self
+            .cluster
+            .superuser_config(database)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|source| Error::Database {
+                step: "connecting to the restored database",
+                source,
+            })?;
+        let conn = tokio::spawn(connection);
+        let result = crate::migrate::run(&mut client).await;
+        drop(client);
+        let _ = conn.await;
+        result
+            .map(|applied| info!(applied, "migrated the restored database forward"))
+            .map_err(|err| Error::Corrupt {
+                name: database.to_string(),
+                reason: format!("migrating it forward failed: {err}"),
+            })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreReport {
+    pub restored: Manifest,
+    pub safety_backup: String,
+    pub migrated_from: i64,
+}

@@ -1,0 +1,235 @@
+//! `pagodirecto backup create | list | verify | prune | drill` and
+//! `pagodirecto restore`.
+//!
+//! With a daemon running, the request goes through its control socket (the
+//! daemon owns postgres and, for a restore, puts the API in maintenance).
+//! With none, the command takes the data-dir lock, starts a temporary
+//! postgres and does the work itself.
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+
+use super::database::Session;
+use crate::backup::{Backups, Manifest, Store, pipeline};
+use crate::config::Loaded;
+use crate::control::{self, Request};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BackupAction {
+    /// Take a backup now; prints its name and path
+    Create {
+        /// A label appended to the generated name
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List good backups, newest first
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a backup's checksum and contents (default: the newest)
+    Verify { name: Option<String> },
+    /// Delete failed backups and apply retention
+    Prune,
+    /// Restore the newest backup into a scratch database and check every row count
+    Drill,
+}
+
+pub async fn run(loaded: Loaded, action: BackupAction) -> Result<ExitCode> {
+    super::init_cli_logging(&loaded);
+    let request = match &action {
+        BackupAction::Create { name } => Request::BackupCreate {
+            label: name.clone(),
+        },
+        BackupAction::List { .. } => Request::BackupList,
+        BackupAction::Verify { name } => Request::BackupVerify { name: name.clone() },
+        BackupAction::Prune => Request::BackupPrune,
+        BackupAction::Drill => Request::BackupDrill,
+    };
+    let socket = loaded.config.paths().control_socket();
+    let spinner = spinner(&action);
+    let value = match control::call(&socket, &request).await {
+        Ok(value) => value,
+        Err(control::Error::NotRunning { .. }) => offline(&loaded, &action).await?,
+        Err(control::Error::Refused(reason)) => bail!("{reason}"),
+        Err(err) => return Err(err.into()),
+    };
+    if let Some(spinner) = spinner {
+        spinner.finish_and_clear();
+    }
+    print_result(&loaded, &action, value)
+}
+
+fn spinner(action: &BackupAction) -> Option<indicatif::ProgressBar> {
+    let what = match action {
+        BackupAction::Create { .. } => "backing up",
+        BackupAction::Verify { .. } => "verifying",
+        BackupAction::Drill => "restoring into a scratch database",
+        _ => return None,
+    };
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new_spinner().with_message(what);
+    bar.enable_steady_tick(Duration::from_millis(120));
+    Some(bar)
+}
+
+fn progress(what: &str) -> pipeline::Progress {
+    if !std::io::stderr().is_terminal() {
+        return pipeline::Progress::none();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg}: {bytes} ({bytes_per_sec})")
+            .expect("valid template"),
+    );
+    bar.set_message(what.to_string());
+    pipeline::Progress::new(move |bytes| bar.set_position(bytes))
+}
+
+async fn offline(loaded: &Loaded, action: &BackupAction) -> Result<serde_json::Value> {
+    let session = Session::open(loaded).await?;
+    let backups = backups(loaded, &session);
+    let result = match action {
+        BackupAction::Create { name } => backups
+            .create(name.as_deref(), progress("backing up"))
+            .await
+            .map(json),
+        BackupAction::List { .. } => backups.store().list().map(json),
+        BackupAction::Verify { name } => backups
+            .verify(name.as_deref(), progress("verifying"))
+            .await
+            .map(json),
+        BackupAction::Prune => backups.prune().map(json),
+        BackupAction::Drill => backups.drill().await.map(json),
+    };
+    session.close().await?;
+    Ok(result?)
+}
+
+fn backups(loaded: &Loaded, session: &Session) -> Backups {
+    let config = &loaded.config;
+    let store = Store::new(config.paths().backup_dir(), &config.backup);
+    Backups::new(
+        session.cluster.clone(),
+        &config.database.name,
+        store,
+        config.limits.disk_reserve.as_u64(),
+        None,
+    )
+}
+
+fn json(value: impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or_default()
+}
+
+fn print_result(
+    loaded: &Loaded,
+    action: &BackupAction,
+    value: serde_json::Value,
+) -> Result<ExitCode> {
+    let dir = loaded.config.paths().backup_dir().to_path_buf();
+    match action {
+        BackupAction::Create { .. } => {
+            let m: Manifest =
+                serde_json::from_value(value).context("reading the daemon's answer")?;
+            println!("{}\t{}", m.name, dir.join(&m.file).display());
+        }
+        BackupAction::List { json: true } => println!("{}", serde_json::to_string_pretty(&value)?),
+        BackupAction::List { json: false } => {
+            let list: Vec<Manifest> =
+                serde_json::from_value(value).context("reading the daemon's answer")?;
+            if list.is_empty() {
+                println!("no backups yet in {}", dir.display());
+            }
+            for m in list {
+                println!(
+                    "{}\t{}\t{}\t{}{}",
+                    m.name,
+                    m.created_at
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                    bytesize::ByteSize(m.size),
+                    if m.encrypted { "encrypted" } else { "plain" },
+                    m.restore_verified_at
+                        .map(|_| "\trestore-verified")
+                        .unwrap_or_default()
+                );
+            }
+        }
+        BackupAction::Verify { .. } => {
+            let m: Manifest =
+                serde_json::from_value(value).context("reading the daemon's answer")?;
+            println!(
+                "{} is good: checksum matches and pg_restore reads it",
+                m.name
+            );
+        }
+        BackupAction::Prune => {
+            let removed: Vec<String> =
+                serde_json::from_value(value).context("reading the daemon's answer")?;
+            println!(
+                "removed {} backup file(s){}",
+                removed.len(),
+                if removed.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", removed.join(", "))
+                }
+            );
+        }
+        BackupAction::Drill => {
+            let m: Manifest =
+                serde_json::from_value(value).context("reading the daemon's answer")?;
+            println!(
+                "{} restored into a scratch database with every table's rows; recorded as restorable",
+                m.name
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pagodirecto restore NAME [--yes]`.
+pub async fn restore(loaded: Loaded, name: String, yes: bool) -> Result<ExitCode> {
+    super::init_cli_logging(&loaded);
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "restore replaces the current data; pass --yes to confirm when not on a terminal"
+            );
+        }
+        eprint!(
+            "Replace the current data with backup {name}? A safety backup is taken first. [y/N] "
+        );
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            bail!("restore cancelled");
+        }
+    }
+    let socket = loaded.config.paths().control_socket();
+    let value = match control::call(&socket, &Request::Restore { name: name.clone() }).await {
+        Ok(value) => value,
+        Err(control::Error::NotRunning { .. }) => {
+            let session = Session::open(&loaded).await?;
+            let result = backups(&loaded, &session)
+                .restore(&name, progress("restoring"))
+                .await;
+            session.close().await?;
+            let report = result?;
+            serde_json::json!({ "restored": report.restored, "safety_backup": report.safety_backup })
+        }
+        Err(control::Error::Refused(reason)) => bail!("{reason}"),
+        Err(err) => return Err(err.into()),
+    };
+    println!(
+        "restored {name}; the data before the restore is in backup {}",
+        value["safety_backup"].as_str().unwrap_or("?")
+    );
+    Ok(ExitCode::SUCCESS)
+}
