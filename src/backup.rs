@@ -185,7 +185,7 @@ impl Store {
                     "backup manifest without its data file; ignoring it"
                 ),
                 Err(err) => {
-                    warn!(path = %path.display(), %err, "unreadable backup manifest; ignoring it")
+                    warn!(path = %path.display(), %err, "unreadable backup manifest; ignoring it");
                 }
             }
         }

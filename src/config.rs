@@ -436,11 +436,10 @@ impl Config {
             ("backup.schedule", &self.backup.schedule),
             ("backup.drill", &self.backup.drill),
         ] {
-            if !cron.trim().is_empty() {
-                if let Err(err) = cron.parse::<croner::Cron>() {
+            if !cron.trim().is_empty()
+                && let Err(err) = cron.parse::<croner::Cron>() {
                     out.push((key, format!("{cron:?} is not a cron expression: {err}")));
                 }
-            }
         }
         for recipient in &self.backup.recipients {
             if recipient.parse::<age::x25519::Recipient>().is_err() {

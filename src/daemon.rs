@@ -582,7 +582,7 @@ impl StatusContext<'_> {
             .map(|t| t.to_rfc3339());
         BackupReport {
             directory: self.backups.store().dir.clone(),
-            count: self.backups.store().list().map(|l| l.len()).unwrap_or(0),
+            count: self.backups.store().list().map_or(0, |l| l.len()),
             last_success: history.last_success.as_ref().map(|m| m.name.clone()),
             last_success_at: history.last_success.as_ref().map(|m| rfc(m.created_at)),
             last_size: history.last_success.as_ref().map(|m| m.size),

@@ -170,6 +170,7 @@ pub(crate) mod tests {
             pool,
             keys,
             auth: AuthConfig::default(),
+            backups: None,
         })
     }
 

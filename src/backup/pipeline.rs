@@ -73,6 +73,7 @@ pub enum ReadError {
 }
 
 impl ReadError {
+    #[must_use] 
     pub fn for_backup(self, name: &str) -> Error {
         match self {
             Self::Io {
@@ -355,8 +356,9 @@ pub fn feed_tool(
     );
     match fed {
         Ok(_) => {}
-        // The tool stopped reading: its own error says why.
-        Err(err) if err.kind() == io::ErrorKind::BrokenPipe && !status.success() => {}
+        // The tool stopped reading: `pg_restore --list` needs only the table
+        // of contents at the start; a failing tool's own error says why.
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {}
         Err(err) => {
             let reason = if err.kind() == io::ErrorKind::UnexpectedEof {
                 "the file is truncated".to_string()
@@ -373,8 +375,16 @@ pub fn feed_tool(
             stderr: stderr.trim().to_string(),
         });
     }
-    // Read whatever follows the zstd frame, so the hash covers the whole file
-    // (and age authenticates its last chunk).
+    // Decompress whatever the tool did not read, then read past the end of
+    // the zstd frame: the hash then covers the whole file, every zstd block
+    // is checked, and age authenticates its last chunk.
+    io::copy(&mut zstd, &mut io::sink()).map_err(|e| {
+        ReadError::Damaged(if e.kind() == io::ErrorKind::UnexpectedEof {
+            "the file is truncated".to_string()
+        } else {
+            e.to_string()
+        })
+    })?;
     let mut rest = zstd.finish();
     io::copy(&mut rest, &mut io::sink()).map_err(|e| ReadError::Damaged(e.to_string()))?;
     let state = digest.0.lock().expect("digest lock is never poisoned");

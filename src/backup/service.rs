@@ -142,11 +142,10 @@ impl Backups {
             }
         }
         drop(history);
-        if result.is_ok() {
-            if let Err(err) = self.store.prune(OffsetDateTime::now_utc()) {
+        if result.is_ok()
+            && let Err(err) = self.store.prune(OffsetDateTime::now_utc()) {
                 warn!(error = %err, "retention failed");
             }
-        }
         result
     }
 
@@ -184,7 +183,7 @@ impl Backups {
             Ok(manifest) => {
                 history.last_restorable = manifest
                     .restore_verified_at
-                    .map(|at| (at, manifest.name.clone()))
+                    .map(|at| (at, manifest.name.clone()));
             }
             Err(err) => {
                 error!(error = %err, "restore drill failed");

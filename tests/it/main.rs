@@ -13,6 +13,7 @@ mod support;
 
 mod api;
 mod api_support;
+mod backup;
 mod binaries;
 mod cli;
 mod lifecycle;

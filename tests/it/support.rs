@@ -51,7 +51,20 @@ impl DataDir {
     }
 
     /// Starts `pagodirecto run` on this data dir (not waiting for it).
+    ///
+    /// Scheduled backups are off (the default schedule would take a catch-up
+    /// backup at every first start and race what tests look at); tests of the
+    /// schedule use [`DataDir::spawn_with_schedule`].
     pub fn spawn(&self, extra: &[&str]) -> Daemon {
+        self.spawn_env(extra, &[("PAGODIRECTO_BACKUP__SCHEDULE", "")])
+    }
+
+    /// [`DataDir::spawn`] with the built-in backup schedule.
+    pub fn spawn_with_schedule(&self, extra: &[&str]) -> Daemon {
+        self.spawn_env(extra, &[])
+    }
+
+    fn spawn_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = self.path().join(format!("daemon-{}.out", unique()));
         let out = fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("clone");
@@ -59,6 +72,7 @@ impl DataDir {
             .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(self.path())
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

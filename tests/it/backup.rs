@@ -1,0 +1,475 @@
+//! Backups with the real daemon and PostgreSQL: round trips, encryption,
+//! stock tools, retention, interruption, damage, drills.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::api_support::Crm;
+use crate::support::{DataDir, Signal, ok_stdout, send, sql};
+
+/// A fingerprint of the data that matters: per-table row counts and a hash
+/// of every customer row.
+fn fingerprint(data: &DataDir) -> String {
+    sql(
+        data,
+        "SELECT (SELECT count(*) FROM customers.customers) || '/' || (SELECT count(*) FROM audit.events) || '/' || \
+         (SELECT count(*) FROM iam.users) || '/' || \
+         coalesce((SELECT md5(string_agg(c::text, ',' ORDER BY id)) FROM customers.customers c), '-')",
+    )
+}
+
+fn backups(data: &DataDir) -> Vec<Value> {
+    let out = ok_stdout(&data.cli(&["backup", "list", "--json"]));
+    serde_json::from_str::<Vec<Value>>(&out).expect("backup list json")
+}
+
+fn create(data: &DataDir, label: &str) -> (String, PathBuf) {
+    let out = ok_stdout(&data.cli(&["backup", "create", "--name", label]));
+    let (name, path) = out.trim().split_once('\t').expect("name<TAB>path");
+    (name.to_string(), PathBuf::from(path))
+}
+
+#[test]
+fn backup_change_restore_gives_back_exactly_the_backed_up_state() {
+    let crm = Crm::start();
+    for i in 0..25 {
+        crm.customer(&crm.owner, &format!("Customer {i}"));
+    }
+    let before = fingerprint(&crm.data);
+    let (name, path) = create(&crm.data, "golden");
+    assert!(path.exists(), "{}", path.display());
+    assert_eq!(
+        std::fs::metadata(&path).expect("meta").len(),
+        backups(&crm.data)
+            .iter()
+            .find(|b| b["name"] == name)
+            .expect("listed")["size"]
+    );
+
+    // Change the data: more rows, an update, an archive.
+    for i in 0..5 {
+        crm.customer(&crm.owner, &format!("Later {i}"));
+    }
+    assert_ne!(fingerprint(&crm.data), before);
+
+    let out = ok_stdout(&crm.data.cli(&["restore", &name, "--yes"]));
+    assert!(out.contains("pre-restore"), "{out}");
+    assert_eq!(
+        fingerprint(&crm.data),
+        before,
+        "the restored data equals the backup"
+    );
+    // The API serves the restored data with the same login (the token still verifies).
+    let list = crm
+        .get(&crm.owner, "/api/v1/customers?limit=200")
+        .expect(200)
+        .body;
+    assert_eq!(list["items"].as_array().expect("items").len(), 25);
+    // And the safety backup holds the state from just before the restore.
+    assert!(backups(&crm.data).iter().any(|b| {
+        b["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with("-pre-restore"))
+    }));
+}
+
+#[test]
+fn a_backup_file_is_readable_by_stock_pg_restore() {
+    let crm = Crm::start();
+    crm.customer(&crm.owner, "Stock tools");
+    let (_, path) = create(&crm.data, "stock");
+    // zstd -dc FILE | pg_restore: decompress with the zstd library here, so the
+    // test needs no zstd binary, then hand the plain dump to stock pg_restore.
+    let dump = crm.data.path().join("plain.dump");
+    let mut decoder = zstd::Decoder::new(std::fs::File::open(&path).expect("open")).expect("zstd");
+    std::io::copy(
+        &mut decoder,
+        &mut std::fs::File::create(&dump).expect("create"),
+    )
+    .expect("decompress");
+    sql(&crm.data, "CREATE DATABASE plain");
+    let password =
+        std::fs::read_to_string(crm.data.path().join("secrets/postgres-superuser.password"))
+            .expect("pw");
+    let status = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_restore")
+        .args(["--dbname", "plain", "--no-owner", "--exit-on-error"])
+        .arg(&dump)
+        .env("PGHOST", crm.data.path().join("run/postgres"))
+        .env("PGUSER", "postgres")
+        .env("PGPASSWORD", password.trim())
+        .output()
+        .expect("pg_restore");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let count = ok_stdout(&crm.data.cli(&[
+        "psql",
+        "--",
+        "-X",
+        "-A",
+        "-t",
+        "-d",
+        "plain",
+        "-c",
+        "SELECT name FROM customers.customers",
+    ]));
+    assert_eq!(count.trim(), "Stock tools");
+}
+
+fn age_keys(dir: &Path, file: &str) -> (String, PathBuf) {
+    use age::secrecy::ExposeSecret as _;
+    let identity = age::x25519::Identity::generate();
+    let path = dir.join(file);
+    std::fs::write(&path, format!("{}\n", identity.to_string().expose_secret()))
+        .expect("write identity");
+    (identity.to_public().to_string(), path)
+}
+
+#[test]
+fn encrypted_backups_round_trip_and_a_wrong_key_is_refused_before_anything_changes() {
+    let data = DataDir::new();
+    let (recipient, identity) = age_keys(data.path(), "backup-key.txt");
+    let (_, wrong) = age_keys(data.path(), "wrong-key.txt");
+    let write_config = |identity: &Path| {
+        let config = data.path().join("pagodirecto.toml");
+        std::fs::write(
+            &config,
+            format!("[backup]\nschedule = \"\"\nrecipients = [\"{recipient}\"]\nidentity_file = \"{}\"\n", identity.display()),
+        )
+        .expect("config");
+        config
+    };
+    let config = write_config(&identity);
+    let config_arg = config.to_str().expect("utf8").to_string();
+    let mut daemon = data.spawn(&["--config", &config_arg]);
+    daemon.wait_ready(Duration::from_secs(60));
+    sql(
+        &data,
+        "INSERT INTO ops.settings (key, value) VALUES ('secret', '\"kept\"')",
+    );
+    let out = ok_stdout(&data.cli(&["--config", &config_arg, "backup", "create", "--name", "enc"]));
+    let (name, path) = out.trim().split_once('\t').expect("name<TAB>path");
+    assert!(path.ends_with(".pgdump.zst.age"), "{path}");
+    let raw = std::fs::read(path).expect("read");
+    assert!(
+        raw.starts_with(b"age-encryption.org/v1"),
+        "the file is an age file"
+    );
+    assert!(
+        !raw.windows(4).any(|w| w == b"kept"),
+        "no plaintext in the file"
+    );
+    ok_stdout(&data.cli(&["--config", &config_arg, "backup", "verify", name]));
+    sql(&data, "DELETE FROM ops.settings WHERE key = 'secret'");
+    ok_stdout(&data.cli(&["--config", &config_arg, "restore", name, "--yes"]));
+    assert_eq!(
+        sql(&data, "SELECT value FROM ops.settings WHERE key = 'secret'"),
+        "\"kept\""
+    );
+    assert!(daemon.stop().success());
+
+    // With the wrong identity: refused, and the data is untouched.
+    let config = write_config(&wrong);
+    let config_arg = config.to_str().expect("utf8").to_string();
+    let daemon = data.spawn(&["--config", &config_arg]);
+    let mut daemon = daemon;
+    daemon.wait_ready(Duration::from_secs(60));
+    sql(
+        &data,
+        "INSERT INTO ops.settings (key, value) VALUES ('after', '1')",
+    );
+    let out = data.cli(&["--config", &config_arg, "restore", name, "--yes"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot be decrypted with"), "{err}");
+    assert_eq!(
+        sql(
+            &data,
+            "SELECT count(*) FROM ops.settings WHERE key = 'after'"
+        ),
+        "1",
+        "nothing was touched"
+    );
+    let out = data.cli(&["--config", &config_arg, "backup", "verify", name]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be decrypted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn damaged_backups_are_refused_by_verify_restore_and_drill() {
+    let crm = Crm::start();
+    crm.customer(&crm.owner, "Precious");
+    let (good, _) = create(&crm.data, "good");
+    ok_stdout(&crm.data.cli(&["backup", "drill"]));
+    let listed = backups(&crm.data);
+    assert!(
+        listed.iter().find(|b| b["name"] == good).expect("listed")["restore_verified_at"]
+            .is_string(),
+        "drill recorded"
+    );
+    let status: Value =
+        serde_json::from_str(&ok_stdout(&crm.data.cli(&["status", "--json"]))).expect("json");
+    assert_eq!(status["backups"]["last_verified_restorable"], json!(good));
+
+    let (bad, path) = create(&crm.data, "bad");
+    let before = fingerprint(&crm.data);
+    // Truncate to half.
+    let bytes = std::fs::read(&path).expect("read");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
+    for args in [
+        vec!["backup", "verify", bad.as_str()],
+        vec!["restore", bad.as_str(), "--yes"],
+        vec!["backup", "drill"],
+    ] {
+        let out = crm.data.cli(&args);
+        assert!(
+            !out.status.success(),
+            "{args:?} accepted a truncated backup"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("is damaged") || err.contains("truncated"),
+            "{args:?}: {err}"
+        );
+    }
+    // Flip bytes in the middle instead.
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    for b in &mut flipped[mid..mid + 16] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&path, &flipped).expect("corrupt");
+    let out = crm.data.cli(&["backup", "verify", &bad]);
+    assert!(!out.status.success(), "a corrupted backup passed verify");
+    assert_eq!(fingerprint(&crm.data), before, "nothing was touched");
+    crm.get(&crm.owner, "/api/v1/customers").expect(200);
+}
+
+#[test]
+fn a_backup_from_a_newer_schema_is_refused() {
+    let crm = Crm::start();
+    let (name, _) = create(&crm.data, "future");
+    let manifest_path = crm.data.path().join("backups").join(format!("{name}.json"));
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).expect("read"))
+            .expect("json");
+    manifest["schema_version"] = json!(999);
+    std::fs::write(&manifest_path, manifest.to_string()).expect("write");
+    let out = crm.data.cli(&["restore", &name, "--yes"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("newer than this binary"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn retention_keeps_the_newest_and_deletes_old_ones() {
+    let crm = Crm::start();
+    let (name, path) = create(&crm.data, "base");
+    let dir = crm.data.path().join("backups");
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(format!("{name}.json"))).expect("read"),
+    )
+    .expect("json");
+    // Crafted ages: copies of the real backup dated 10, 40, 50 and 60 days ago.
+    let now = time::OffsetDateTime::now_utc();
+    for (label, days) in [("d10", 10), ("d40", 40), ("d50", 50), ("d60", 60)] {
+        let copy_name = format!("old-{label}");
+        let file = format!("{copy_name}.pgdump.zst");
+        std::fs::copy(&path, dir.join(&file)).expect("copy");
+        let mut m = manifest.clone();
+        m["name"] = json!(copy_name);
+        m["file"] = json!(file);
+        let at = now - time::Duration::days(days);
+        m["created_at"] = json!(
+            at.format(&time::format_description::well_known::Rfc3339)
+                .expect("fmt")
+        );
+        std::fs::write(dir.join(format!("{copy_name}.json")), m.to_string()).expect("write");
+    }
+    // A leftover from an interrupted backup and an orphan data file.
+    std::fs::write(
+        dir.join("pagodirecto-20200101-000000.pgdump.zst.partial"),
+        b"half",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("pagodirecto-20200101-000001.pgdump.zst"),
+        b"no manifest",
+    )
+    .expect("write");
+
+    // Defaults: keep_days 30, keep_last 7 → all 5 are among the newest 7; nothing old goes.
+    let removed = ok_stdout(&crm.data.cli(&["backup", "prune"]));
+    let listing: Vec<String> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        removed.contains("removed 2"),
+        "only the failed leftovers: {removed}; now: {listing:?}"
+    );
+    // The daemon applies its own config; with it stopped, the CLI applies
+    // the one it is given.
+    let Crm { data, daemon, .. } = crm;
+    assert!(daemon.stop().success());
+    let config = data.path().join("keep2.toml");
+    std::fs::write(
+        &config,
+        "[backup]\nkeep_last = 2\nkeep_days = 30\nschedule = \"\"\n",
+    )
+    .expect("config");
+    let out = ok_stdout(&data.cli(&[
+        "--config",
+        config.to_str().expect("utf8"),
+        "backup",
+        "prune",
+    ]));
+    assert!(out.contains("removed 3"), "{out}");
+    let names: Vec<String> = backups(&data)
+        .iter()
+        .map(|b| b["name"].as_str().expect("name").to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [name.clone(), "old-d10".to_string()],
+        "the newest two stay; older than 30 days go"
+    );
+    assert!(!dir.join("old-d60.pgdump.zst").exists());
+}
+
+#[test]
+fn killing_the_daemon_mid_backup_leaves_nothing_listed_and_the_next_backup_works() {
+    let data = DataDir::new();
+    let daemon = data.start();
+    // Enough incompressible data that a backup takes a moment.
+    sql(
+        &data,
+        "CREATE TABLE ops.bulk AS SELECT g, md5(random()::text) || md5(random()::text) AS pad FROM generate_series(1, 1500000) g",
+    );
+    let mut creating = std::process::Command::new(crate::support::BIN)
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["backup", "create", "--name", "doomed"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let dir = data.path().join("backups");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let partial = std::fs::read_dir(&dir)
+            .ok()
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.contains("doomed") && name.ends_with(".partial")
+            });
+        if partial {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no partial backup appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    send(i64::from(daemon.pid()), Signal::SIGKILL);
+    let _ = creating.wait();
+    daemon.kill();
+    data.assert_no_postgres(Duration::from_secs(10));
+
+    // Offline: nothing named "doomed" is a good backup.
+    assert!(
+        !backups(&data)
+            .iter()
+            .any(|b| b["name"].as_str().is_some_and(|n| n.contains("doomed")))
+    );
+    let daemon = data.start();
+    let (name, _) = create(&data, "after-kill");
+    assert!(backups(&data).iter().any(|b| b["name"] == name));
+    let leftovers: Vec<String> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("doomed"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "the interrupted backup was cleaned up: {leftovers:?}"
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn backups_are_refused_when_they_would_cross_the_disk_reserve() {
+    let data = DataDir::new();
+    let config = data.path().join("reserve.toml");
+    // A reserve larger than any disk here: every backup must be refused.
+    std::fs::write(
+        &config,
+        "[limits]\ndisk_reserve = \"1000 TiB\"\n[backup]\nschedule = \"\"\n",
+    )
+    .expect("config");
+    let config_arg = config.to_str().expect("utf8").to_string();
+    let mut daemon = data.spawn(&["--config", &config_arg]);
+    // Not ready (the disk check fails), but up: wait for the control socket.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !data.path().join("run/control.sock").exists() {
+        assert!(
+            daemon.try_wait().is_none(),
+            "daemon exited: {}",
+            daemon.log()
+        );
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = data.cli(&["--config", &config_arg, "backup", "create"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not enough disk space") && err.contains("reserve"),
+        "{err}"
+    );
+    assert!(backups(&data).is_empty());
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_missed_scheduled_backup_is_caught_up_at_start() {
+    let data = DataDir::new();
+    let mut daemon = data.spawn_with_schedule(&[]);
+    daemon.wait_ready(Duration::from_secs(60));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while backups(&data).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no catch-up backup: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(daemon.log().contains("catching up now"));
+    let status: Value =
+        serde_json::from_str(&ok_stdout(&data.cli(&["status", "--json"]))).expect("json");
+    assert!(
+        status["backups"]["next_scheduled"]
+            .as_str()
+            .is_some_and(|t| t.contains("T02:00:00")),
+        "{status}"
+    );
+    assert!(daemon.stop().success());
+}
