@@ -78,6 +78,9 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(api::customers::list, api::customers::create))
         .routes(routes!(api::customers::get, api::customers::update))
         .routes(routes!(api::customers::archive))
+        .routes(routes!(api::contacts::list, api::contacts::create))
+        .routes(routes!(api::contacts::get, api::contacts::update))
+        .routes(routes!(api::contacts::archive))
         .routes(routes!(api::audit::list))
         .split_for_parts()
 }

@@ -10,7 +10,9 @@
 
 pub mod audit;
 pub mod auth;
+pub mod contacts;
 pub mod customers;
+mod list;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
