@@ -81,6 +81,10 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(api::contacts::list, api::contacts::create))
         .routes(routes!(api::contacts::get, api::contacts::update))
         .routes(routes!(api::contacts::archive))
+        .routes(routes!(api::deals::list, api::deals::create))
+        .routes(routes!(api::deals::get, api::deals::update))
+        .routes(routes!(api::deals::archive))
+        .routes(routes!(api::deals::stages))
         .routes(routes!(api::audit::list))
         .split_for_parts()
 }
