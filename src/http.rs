@@ -85,6 +85,9 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(api::deals::get, api::deals::update))
         .routes(routes!(api::deals::archive))
         .routes(routes!(api::deals::stages))
+        .routes(routes!(api::activities::list, api::activities::create))
+        .routes(routes!(api::activities::get, api::activities::update))
+        .routes(routes!(api::activities::archive))
         .routes(routes!(api::audit::list))
         .split_for_parts()
 }

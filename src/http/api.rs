@@ -8,6 +8,7 @@
 //! connects as a role that sees no tenant rows at all without that scope,
 //! so a handler that forgets cannot leak another tenant's data.
 
+pub mod activities;
 pub mod audit;
 pub mod auth;
 pub mod contacts;
