@@ -88,6 +88,9 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(api::activities::list, api::activities::create))
         .routes(routes!(api::activities::get, api::activities::update))
         .routes(routes!(api::activities::archive))
+        .routes(routes!(api::payments::list, api::payments::create))
+        .routes(routes!(api::payments::get, api::payments::update))
+        .routes(routes!(api::payments::archive))
         .routes(routes!(api::audit::list))
         .split_for_parts()
 }

@@ -16,6 +16,7 @@ pub mod customers;
 pub mod deals;
 mod list;
 mod money;
+pub mod payments;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
