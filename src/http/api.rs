@@ -8,9 +8,15 @@
 //! connects as a role that sees no tenant rows at all without that scope,
 //! so a handler that forgets cannot leak another tenant's data.
 
+pub mod activities;
 pub mod audit;
 pub mod auth;
+pub mod contacts;
 pub mod customers;
+pub mod deals;
+mod list;
+mod money;
+pub mod payments;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};

@@ -12,6 +12,7 @@
 mod support;
 
 mod api;
+mod api_resources;
 mod api_support;
 mod backup;
 mod binaries;

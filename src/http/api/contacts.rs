@@ -1,0 +1,296 @@
+//! `/api/v1/contacts`: the people at a customer. Same conventions as
+//! `customers`; a customer's contacts are `GET /contacts?customer_id=…`.
+//!
+//! Invariant: a contact always belongs to a customer of the caller's tenant.
+//! The composite foreign key `(tenant_id, customer_id)` refuses any other id,
+//! another tenant's included, with the same 422 as a nonexistent one, so the
+//! answer cannot be used to probe for other tenants' ids.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio_postgres::Row;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::list::ListQuery;
+use super::{
+    ApiJson, ApiPath, ApiQuery, Auth, Cursor, Page, Scoped, created, double_option, email,
+    if_match, missing_or_stale, optional_text, page, text, with_etag,
+};
+use crate::auth::Permission;
+use crate::http::AppState;
+use crate::http::error::{ApiError, Problem};
+
+const TABLE: &str = "customers.contacts";
+const COLUMNS: &str =
+    "id, customer_id, name, email, phone, title, archived_at, version, created_at, updated_at";
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Contact {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    /// Job title, e.g. "Head of Purchasing".
+    pub title: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub archived_at: Option<OffsetDateTime>,
+    /// Changes on every update; also sent as the `ETag`.
+    pub version: i32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Contact {
+    fn from_row(row: &Row) -> Self {
+        Self {
+            id: row.get(0),
+            customer_id: row.get(1),
+            name: row.get(2),
+            email: row.get(3),
+            phone: row.get(4),
+            title: row.get(5),
+            archived_at: row.get(6),
+            version: row.get(7),
+            created_at: row.get(8),
+            updated_at: row.get(9),
+        }
+    }
+
+    fn cursor(&self) -> Cursor {
+        Cursor {
+            created_at: self.created_at,
+            id: self.id,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Page size, 1–200 (default 50).
+    pub limit: Option<i64>,
+    /// From the previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// Search in name and email (case-insensitive, substring).
+    pub q: Option<String>,
+    /// List archived contacts instead of active ones.
+    pub archived: Option<bool>,
+    /// Only this customer's contacts.
+    pub customer_id: Option<Uuid>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContactCreate {
+    pub customer_id: Uuid,
+    pub name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub title: Option<String>,
+}
+
+/// Absent fields are kept; `null` clears an optional field. A new
+/// `customer_id` moves the contact to that customer (people change jobs).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContactUpdate {
+    pub customer_id: Option<Uuid>,
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub email: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub phone: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub title: Option<Option<String>>,
+}
+
+fn optional_email(value: Option<&str>) -> Result<Option<String>, ApiError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => email("email", v).map(Some),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/contacts", tag = "contacts", params(ListParams),
+    responses((status = 200, body = Page<Contact>), (status = 401, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<Page<Contact>>, ApiError> {
+    let limit = super::limit(params.limit)?;
+    let cursor = params
+        .cursor
+        .as_deref()
+        .map(Cursor::decode)
+        .transpose()?
+        .unwrap_or_else(Cursor::start);
+    let query = ListQuery::new(TABLE, COLUMNS, params.archived.unwrap_or(false), cursor)
+        .equals("customer_id", params.customer_id)
+        .search(&["name", "email"], params.q.as_deref())?;
+    let db = Scoped::begin(&state, auth, Permission::CrmRead, &headers).await?;
+    let rows = query.fetch(db.client(), limit).await?;
+    db.commit().await?;
+    let items = rows.iter().map(Contact::from_row).collect();
+    Ok(Json(page(items, limit, Contact::cursor)))
+}
+
+#[utoipa::path(post, path = "/api/v1/contacts", tag = "contacts", request_body = ContactCreate,
+    responses((status = 201, body = Contact), (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ContactCreate>,
+) -> Result<Response, ApiError> {
+    let name = text("name", &body.name, 1, 200)?;
+    let email = optional_email(body.email.as_deref())?;
+    let phone = optional_text("phone", body.phone.as_deref(), 50)?;
+    let title = optional_text("title", body.title.as_deref(), 200)?;
+    let db = Scoped::begin(&state, auth, Permission::CrmWrite, &headers).await?;
+    let row = db
+        .client()
+        .query_one(
+            &format!("INSERT INTO {TABLE} (customer_id, name, email, phone, title) VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"),
+            &[&body.customer_id, &name, &email, &phone, &title],
+        )
+        .await?;
+    db.commit().await?;
+    let contact = Contact::from_row(&row);
+    Ok(created(
+        &format!("/api/v1/contacts/{}", contact.id),
+        contact.version,
+        Json(contact),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/contacts/{id}", tag = "contacts", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Contact), (status = 401, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Response, ApiError> {
+    let db = Scoped::begin(&state, auth, Permission::CrmRead, &headers).await?;
+    let row = db
+        .client()
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM {TABLE} WHERE id = $1"),
+            &[&id],
+        )
+        .await?;
+    db.commit().await?;
+    let contact = Contact::from_row(&row.ok_or(ApiError::NotFound("contact"))?);
+    Ok(with_etag(contact.version, Json(contact)))
+}
+
+#[utoipa::path(patch, path = "/api/v1/contacts/{id}", tag = "contacts", params(("id" = Uuid, Path)), request_body = ContactUpdate,
+    responses((status = 200, body = Contact), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 412, body = Problem), (status = 422, body = Problem), (status = 428, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn update(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<ContactUpdate>,
+) -> Result<Response, ApiError> {
+    let version = if_match(&headers)?;
+    let name = body
+        .name
+        .as_deref()
+        .map(|n| text("name", n, 1, 200))
+        .transpose()?;
+    let email = body
+        .email
+        .as_ref()
+        .map(|e| optional_email(e.as_deref()))
+        .transpose()?;
+    let phone = body
+        .phone
+        .as_ref()
+        .map(|p| optional_text("phone", p.as_deref(), 50))
+        .transpose()?;
+    let title = body
+        .title
+        .as_ref()
+        .map(|t| optional_text("title", t.as_deref(), 200))
+        .transpose()?;
+    let db = Scoped::begin(&state, auth, Permission::CrmWrite, &headers).await?;
+    let row = db
+        .client()
+        .query_opt(
+            &format!(
+                "UPDATE {TABLE} SET \
+                   customer_id = coalesce($3, customer_id), \
+                   name = coalesce($4, name), \
+                   email = CASE WHEN $5 THEN $6 ELSE email END, \
+                   phone = CASE WHEN $7 THEN $8 ELSE phone END, \
+                   title = CASE WHEN $9 THEN $10 ELSE title END \
+                 WHERE id = $1 AND version = $2 RETURNING {COLUMNS}"
+            ),
+            &[
+                &id,
+                &version,
+                &body.customer_id,
+                &name,
+                &email.is_some(),
+                &email.flatten(),
+                &phone.is_some(),
+                &phone.flatten(),
+                &title.is_some(),
+                &title.flatten(),
+            ],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Err(missing_or_stale(&db, TABLE, id, "contact").await);
+    };
+    db.commit().await?;
+    let contact = Contact::from_row(&row);
+    Ok(with_etag(contact.version, Json(contact)))
+}
+
+#[utoipa::path(post, path = "/api/v1/contacts/{id}/archive", tag = "contacts", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Contact), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 412, body = Problem), (status = 428, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn archive(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Response, ApiError> {
+    let version = if_match(&headers)?;
+    let db = Scoped::begin(&state, auth, Permission::CrmArchive, &headers).await?;
+    let row = db
+        .client()
+        .query_opt(
+            &format!("UPDATE {TABLE} SET archived_at = coalesce(archived_at, now()) WHERE id = $1 AND version = $2 RETURNING {COLUMNS}"),
+            &[&id, &version],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Err(missing_or_stale(&db, TABLE, id, "contact").await);
+    };
+    db.commit().await?;
+    let contact = Contact::from_row(&row);
+    Ok(with_etag(contact.version, Json(contact)))
+}
