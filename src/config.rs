@@ -374,6 +374,7 @@ impl Config {
     }
 
     /// Checks that serde cannot express. Returns `(key, problem)` pairs.
+    #[allow(clippy::too_many_lines)] // a flat list of independent checks
     fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         if !self.data_dir.is_absolute() {
@@ -437,9 +438,10 @@ impl Config {
             ("backup.drill", &self.backup.drill),
         ] {
             if !cron.trim().is_empty()
-                && let Err(err) = cron.parse::<croner::Cron>() {
-                    out.push((key, format!("{cron:?} is not a cron expression: {err}")));
-                }
+                && let Err(err) = cron.parse::<croner::Cron>()
+            {
+                out.push((key, format!("{cron:?} is not a cron expression: {err}")));
+            }
         }
         for recipient in &self.backup.recipients {
             if recipient.parse::<age::x25519::Recipient>().is_err() {

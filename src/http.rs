@@ -94,6 +94,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(api::payments::get, api::payments::update))
         .routes(routes!(api::payments::archive))
         .routes(routes!(api::audit::list))
+        .routes(routes!(api::system::list, api::system::create))
         .split_for_parts()
 }
 

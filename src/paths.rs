@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// Locations under one data directory. Cheap to clone; holds no handles.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::struct_field_names)] // they are all directories, and say which
 pub struct Paths {
     data_dir: PathBuf,
     log_dir: PathBuf,

@@ -73,7 +73,7 @@ pub enum ReadError {
 }
 
 impl ReadError {
-    #[must_use] 
+    #[must_use]
     pub fn for_backup(self, name: &str) -> Error {
         match self {
             Self::Io {
@@ -187,7 +187,7 @@ pub fn dump_to_file(
     recipients: &[String],
     level: i32,
     abort: &AtomicBool,
-    progress: Progress,
+    progress: &Progress,
 ) -> Result<Written, Error> {
     let io_err = |action: &'static str| {
         let path = partial.to_path_buf();
@@ -223,7 +223,7 @@ pub fn dump_to_file(
         if recipients.is_empty() {
             let mut zstd = zstd::Encoder::new(sink, level)?;
             zstd.multithread(2)?;
-            copy(&mut stdout, &mut zstd, abort, &progress)?;
+            copy(&mut stdout, &mut zstd, abort, progress)?;
             zstd.finish()
         } else {
             let parsed: Vec<age::x25519::Recipient> = recipients
@@ -239,7 +239,7 @@ pub fn dump_to_file(
             let encrypted = encryptor.wrap_output(sink)?;
             let mut zstd = zstd::Encoder::new(encrypted, level)?;
             zstd.multithread(2)?;
-            copy(&mut stdout, &mut zstd, abort, &progress)?;
+            copy(&mut stdout, &mut zstd, abort, progress)?;
             zstd.finish()?.finish()
         }
     })();
@@ -292,7 +292,7 @@ pub fn feed_tool(
     path: &Path,
     identity: Option<&Path>,
     mut tool: Command,
-    progress: Progress,
+    progress: &Progress,
 ) -> Result<Checked, ReadError> {
     let file = File::open(path).map_err(|source| ReadError::Io {
         action: "open",
@@ -343,7 +343,7 @@ pub fn feed_tool(
     let stderr = collect(child.stderr.take());
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let never = AtomicBool::new(false);
-    let fed = copy(&mut zstd, &mut stdin, &never, &progress);
+    let fed = copy(&mut zstd, &mut stdin, &never, progress);
     drop(stdin);
     let status = child.wait().map_err(|source| ReadError::Io {
         action: "wait for pg_restore reading",

@@ -151,9 +151,8 @@ mod tests {
         let s = Schedule::parse("0 * * * *").expect("parse").expect("some");
         let start = tokio::time::Instant::now();
         let base = at(2026, 6, 1, 10, 15);
-        let clock: Arc<dyn Fn() -> DateTime<chrono_tz::Tz> + Send + Sync> = Arc::new(move || {
-            base.clone() + chrono::Duration::from_std(start.elapsed()).expect("duration")
-        });
+        let clock: Arc<dyn Fn() -> DateTime<chrono_tz::Tz> + Send + Sync> =
+            Arc::new(move || base + chrono::Duration::from_std(start.elapsed()).expect("duration"));
         let (tx, mut rx) = mpsc::channel(4);
         let cancel = CancellationToken::new();
         tokio::spawn(ticker(s, clock, tx, cancel.clone()));

@@ -33,7 +33,7 @@ pub struct Backups {
     disk_reserve: u64,
     /// Serialises backups, drills and restores: they all use the cluster heavily
     /// and a restore must not race a backup of the database it replaces.
-    lock: tokio::sync::Mutex<()>,
+    lock: Arc<tokio::sync::Mutex<()>>,
     abort: AbortFlag,
     history: Mutex<History>,
     /// Set when serving: restore puts the API in maintenance through it.
@@ -61,7 +61,7 @@ impl Backups {
             database: database.to_string(),
             store,
             disk_reserve,
-            lock: tokio::sync::Mutex::new(()),
+            lock: Arc::new(tokio::sync::Mutex::new(())),
             abort: Arc::new(AtomicBool::new(false)),
             history: Mutex::new(history),
             health,
@@ -115,6 +115,26 @@ impl Backups {
         self.history.lock().expect("history lock").running = None;
     }
 
+    /// Starts a backup in the background, or says at once that one runs.
+    pub fn start(self: &Arc<Self>, label: Option<String>) -> Result<(), Error> {
+        let guard = self
+            .lock
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| Error::Busy)?;
+        self.history.lock().expect("history lock").running =
+            Some((OffsetDateTime::now_utc(), "backup"));
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _ = this
+                .create_locked(label.as_deref(), pipeline::Progress::none())
+                .await;
+            this.end();
+            drop(guard);
+        });
+        Ok(())
+    }
+
     /// Takes a backup now, then applies retention.
     pub async fn create(
         &self,
@@ -143,9 +163,10 @@ impl Backups {
         }
         drop(history);
         if result.is_ok()
-            && let Err(err) = self.store.prune(OffsetDateTime::now_utc()) {
-                warn!(error = %err, "retention failed");
-            }
+            && let Err(err) = self.store.prune(OffsetDateTime::now_utc())
+        {
+            warn!(error = %err, "retention failed");
+        }
         result
     }
 

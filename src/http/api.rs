@@ -17,6 +17,7 @@ pub mod deals;
 mod list;
 mod money;
 pub mod payments;
+pub mod system;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -246,9 +247,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Self(q.0))
-            .map_err(|rejection: QueryRejection| ApiError::Validation {
-                field: None,
-                detail: rejection.body_text(),
+            .map_err(|rejection: QueryRejection| {
+                // "Failed to deserialize query string: limit: invalid digit…"
+                let text = rejection.body_text();
+                let detail = text
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&text)
+                    .to_string();
+                let field = detail
+                    .split_once(": ")
+                    .map(|(f, _)| f.to_string())
+                    .filter(|f| !f.contains(' '));
+                ApiError::Validation { field, detail }
             })
     }
 }

@@ -224,7 +224,7 @@ impl From<tokio_postgres::Error> for ApiError {
             }
             let field = db
                 .constraint()
-                .and_then(check_field)
+                .and_then(|c| check_field(db.table(), c))
                 .unwrap_or_else(|| "body".to_string());
             return Self::validation(
                 field.clone(),
@@ -257,10 +257,15 @@ fn reference_field(constraint: &str) -> Option<&'static str> {
 }
 
 /// `customers_name_check` → `name`.
-fn check_field(constraint: &str) -> Option<String> {
+/// (`pipeline_stages`, `pipeline_stages_kind_check`) → `kind`: PostgreSQL
+/// names check constraints `<table>_<column>_check`.
+fn check_field(table: Option<&str>, constraint: &str) -> Option<String> {
     let trimmed = constraint.strip_suffix("_check")?;
-    let (_, field) = trimmed.split_once('_')?;
-    Some(field.to_string())
+    let field = match table {
+        Some(table) => trimmed.strip_prefix(table)?.strip_prefix('_')?,
+        None => trimmed.split_once('_')?.1,
+    };
+    (!field.is_empty()).then(|| field.to_string())
 }
 
 impl From<deadpool_postgres::PoolError> for ApiError {
@@ -276,10 +281,21 @@ mod tests {
 
     #[test]
     fn constraint_names_map_to_fields() {
-        assert_eq!(check_field("customers_name_check").as_deref(), Some("name"));
         assert_eq!(
-            check_field("deals_amount_minor_check").as_deref(),
+            check_field(Some("customers"), "customers_name_check").as_deref(),
+            Some("name")
+        );
+        assert_eq!(
+            check_field(Some("deals"), "deals_amount_minor_check").as_deref(),
             Some("amount_minor")
+        );
+        assert_eq!(
+            check_field(Some("pipeline_stages"), "pipeline_stages_kind_check").as_deref(),
+            Some("kind")
+        );
+        assert_eq!(
+            check_field(None, "customers_name_check").as_deref(),
+            Some("name")
         );
         assert_eq!(
             reference_field("contacts_tenant_id_customer_id_fkey"),

@@ -473,3 +473,47 @@ fn a_missed_scheduled_backup_is_caught_up_at_start() {
     );
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn admins_back_up_through_the_api_and_others_may_not() {
+    let crm = Crm::start();
+    let agent = crm.add_user("default", "agent@x.org", "agent");
+    crm.get(&agent, "/api/v1/system/backups")
+        .expect_problem(403, "forbidden");
+    crm.post(&agent, "/api/v1/system/backups", json!({}))
+        .expect_problem(403, "forbidden");
+    crm.post(
+        &crm.owner,
+        "/api/v1/system/backups",
+        json!({"label": "../x"}),
+    )
+    .expect_problem(422, "validation");
+    crm.post(
+        &crm.owner,
+        "/api/v1/system/backups",
+        json!({"label": "from-api"}),
+    )
+    .expect(202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = crm
+            .get(&crm.owner, "/api/v1/system/backups")
+            .expect(200)
+            .body;
+        if let Some(item) = list["items"].as_array().and_then(|items| items.first()) {
+            assert!(
+                item["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("-from-api")),
+                "{list}"
+            );
+            assert!(item["verified_at"].is_string());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no backup appeared: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
