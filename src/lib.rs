@@ -1,15 +1,18 @@
 //! # pagodirecto
 //!
 //! The whole PagoDirecto CRM server in one process: it obtains and
-//! supervises its own PostgreSQL, migrates it, and serves HTTP.
+//! supervises its own PostgreSQL, migrates it, serves the multi-tenant CRM
+//! API, and takes verified backups.
 //!
 //! ## Bird's-eye view
 //!
 //! ```text
 //! pagodirecto run
 //!  ├─ supervisor ── postgres (child, own process group, unprivileged user)
-//!  ├─ HTTP server: /health /ready (the API and web app come next)
-//!  └─ control socket (unix, 0600): the CLI talks to the running daemon
+//!  ├─ HTTP server: /api/v1/* (JWT, roles, RLS-isolated tenants), /openapi.json,
+//!  │               /health /ready
+//!  ├─ control socket (unix, 0600): the CLI talks to the running daemon
+//!  └─ schedules: backups (cron) with retention, restore drills
 //! ```
 //!
 //! Start: config → logging → lock the data dir → find (or download)
@@ -32,12 +35,17 @@
 //! - [`postgres`]: the cluster (initdb, settings, account, binaries) and the
 //!   supervised server's state.
 //! - [`migrate`]: embedded SQL migrations under an advisory lock.
+//! - [`backup`]: snapshot-consistent dumps through zstd (and age), verified,
+//!   with manifests, retention, drills and restore; `backup::schedule` for
+//!   cron.
 //! - [`auth`]: password hashes, signing keys and tokens, the role →
 //!   permission table.
 //! - [`crm`]: tenants and users created by the appliance and the CLI (as
 //!   the superuser; the API goes through RLS instead).
 //! - [`health`]: readiness checks shared by `/ready` and `status`.
-//! - [`http`]: the axum router and server.
+//! - [`http`]: the axum router and server; `http::api::*` one module per
+//!   resource, all through `http::api::Scoped` (the tenant-scoped
+//!   transaction) and `http::error::ApiError` (problem+json).
 //! - [`control`]: the control socket protocol (server and client).
 //! - [`logging`]: tracing to stderr and daily files; reading them back.
 //! - [`lock`], [`secrets`], [`fsutil`]: the data-dir lock, generated secrets,
@@ -52,22 +60,28 @@
 //! - One daemon per data directory (`flock`).
 //! - Only `daemon` wires subsystems; lower modules get a config section,
 //!   `Paths`, a cancellation token and channels, never the whole `Config`.
-//! - `http` and `control` are the only modules that serialise to the outside.
+//! - `http` and `control` are the only modules that serialise to the outside
+//!   (plus the backup manifest, a file format).
+//! - Tenant isolation is enforced by PostgreSQL (forced RLS, composite foreign
+//!   keys), not by handlers: the API's role owns nothing and sees no rows
+//!   until `iam.begin_request` scopes its transaction.
+//! - A backup is good only once its manifest exists, which is written after
+//!   the file is fsynced, renamed and verified.
 
-pub mod auth;
-pub mod backup;
 pub mod cli;
 pub mod config;
-pub mod control;
-pub mod crm;
+pub mod paths;
 pub mod daemon;
-pub mod fsutil;
+pub mod supervisor;
+pub mod postgres;
+pub mod migrate;
+pub mod auth;
+pub mod crm;
+pub mod backup;
 pub mod health;
 pub mod http;
-pub mod lock;
+pub mod control;
 pub mod logging;
-pub mod migrate;
-pub mod paths;
-pub mod postgres;
+pub mod lock;
 pub mod secrets;
-pub mod supervisor;
+pub mod fsutil;
