@@ -46,6 +46,17 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// A request taking longer is answered 503 and abandoned.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests handled at once; beyond, 503 + Retry-After at once (no queue).
+    pub max_concurrent_requests: usize,
+    /// Requests per minute per client address (a burst of this many is allowed).
+    pub rate_limit_per_minute: u32,
+    /// The same for `/api/v1/auth/*` (login, refresh): strict by default.
+    pub auth_rate_limit_per_minute: u32,
+    /// Proxies whose `X-Forwarded-For` is believed; none by default.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -197,6 +208,11 @@ impl Default for ServerConfig {
         Self {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
             drain_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 512,
+            rate_limit_per_minute: 1200,
+            auth_rate_limit_per_minute: 30,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -382,6 +398,21 @@ impl Config {
                 "data_dir",
                 format!("must be an absolute path, not {}", self.data_dir.display()),
             ));
+        }
+        if self.server.max_concurrent_requests == 0 {
+            out.push((
+                "server.max_concurrent_requests",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.server.rate_limit_per_minute == 0 || self.server.auth_rate_limit_per_minute == 0 {
+            out.push((
+                "server.rate_limit_per_minute",
+                "rate limits must be at least 1 per minute".into(),
+            ));
+        }
+        if self.server.request_timeout < Duration::from_secs(1) {
+            out.push(("server.request_timeout", "must be at least 1s".into()));
         }
         if self.server.listen.is_empty() {
             out.push(("server.listen", "needs at least one address".into()));
@@ -626,7 +657,7 @@ mod tests {
     fn unknown_key_names_the_key_and_file() {
         check_invalid(
             "[server]\nlisten_on = []",
-            "server.listen_on: unknown key (known keys here: listen, drain_timeout)",
+            "server.listen_on: unknown key (known keys here: listen, drain_timeout, request_timeout",
         );
         check_invalid("[server]\nlisten_on = []", "pagodirecto.toml");
         check_invalid("[serverz]\n", "serverz: unknown key");

@@ -205,9 +205,22 @@ async fn start_serving(config: &Config, paths: &Paths, cluster: &Cluster) -> Res
         auth: config.auth.clone(),
         backups: Some(backups.clone()),
     });
+    let edge = http::edge::Edge::new(&config.server);
     let router = http::router(http::AppState {
         health: health.clone(),
         api,
+        edge: edge.clone(),
+    });
+    // The rate limiter remembers every client it saw; forget idle ones.
+    let stop = stop_http.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => edge.forget_idle_clients(),
+                () = stop.cancelled() => return,
+            }
+        }
     });
     let http = tokio::spawn(http::serve(
         listeners,

@@ -8,6 +8,7 @@
 //! at most the drain timeout; it never waits unbounded on a slow client.
 
 pub mod api;
+pub mod edge;
 pub mod error;
 mod health;
 
@@ -38,6 +39,7 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 pub struct AppState {
     pub health: Arc<Health>,
     pub api: Arc<ApiState>,
+    pub edge: Arc<edge::Edge>,
 }
 
 /// What the JSON API needs beyond health.
@@ -116,6 +118,10 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .fallback(|| async { error::ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            state.edge.clone(),
+            edge::edge,
+        ))
         .with_state(state)
 }
 
@@ -196,6 +202,7 @@ pub(crate) mod tests {
         let app = router(AppState {
             health,
             api: api_state(),
+            edge: edge::Edge::new(&crate::config::ServerConfig::default()),
         });
         let mut checked = 0;
         for (path, item) in &openapi.paths.paths {
@@ -240,6 +247,7 @@ pub(crate) mod tests {
         let app = router(AppState {
             health,
             api: api_state(),
+            edge: edge::Edge::new(&crate::config::ServerConfig::default()),
         });
         let res = app
             .oneshot(

@@ -46,6 +46,10 @@ pub enum ApiError {
     Unavailable,
     #[error("maintenance: {0}; try again in a moment")]
     Maintenance(String),
+    #[error("the server is busy; try again in a moment")]
+    Overloaded,
+    #[error("the request took too long and was abandoned")]
+    Timeout,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -117,6 +121,8 @@ impl ApiError {
                 "too-many-requests",
                 "Too many requests",
             ),
+            Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Overloaded"),
+            Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout", "Timeout"),
             Self::Maintenance(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "maintenance",
@@ -139,7 +145,12 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind, title) = self.parts();
-        if status.is_server_error() && !matches!(self, Self::Unavailable | Self::Maintenance(_)) {
+        if status.is_server_error()
+            && !matches!(
+                self,
+                Self::Unavailable | Self::Maintenance(_) | Self::Overloaded | Self::Timeout
+            )
+        {
             tracing::error!(error = ?anyhow::Error::from(self), "request failed");
             let problem = Problem {
                 kind: format!("{TYPE_BASE}{kind}"),
@@ -164,7 +175,7 @@ impl IntoResponse for ApiError {
         let mut response = problem_response(status, &problem);
         let retry_after = match &self {
             Self::TooManyRequests { retry_after, .. } => Some(*retry_after),
-            Self::Unavailable => Some(1),
+            Self::Unavailable | Self::Overloaded | Self::Timeout => Some(1),
             Self::Maintenance(_) => Some(5),
             _ => None,
         };

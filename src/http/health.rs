@@ -67,6 +67,7 @@ mod tests {
             AppState {
                 health,
                 api: crate::http::tests::api_state(),
+                edge: crate::http::edge::Edge::new(&crate::config::ServerConfig::default()),
             },
             tx,
         )

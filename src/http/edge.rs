@@ -1,0 +1,415 @@
+//! The HTTP edge, in process: what the old stack's nginx proxy did in front
+//! of the API — a request id on every request and log line, per-client rate
+//! limits, a concurrency limit that sheds load instead of queueing, a
+//! request timeout, and security headers on every response.
+//!
+//! One middleware ([`edge`]) so the order is explicit: id → log span →
+//! rate limit → concurrency → timeout → handler → headers.
+//!
+//! Invariant: `X-Forwarded-For` is believed only from `trusted_proxies`;
+//! otherwise the peer address is the client (never spoofable by a header).
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use tokio::sync::Semaphore;
+use tracing::Instrument as _;
+
+use super::error::ApiError;
+use crate::config::ServerConfig;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The edge's shared state: limits from `[server]`.
+pub struct Edge {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    auth_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    clock: DefaultClock,
+    in_flight: Semaphore,
+    timeout: Duration,
+    trusted_proxies: Vec<IpAddr>,
+}
+
+impl Edge {
+    #[must_use]
+    pub fn new(cfg: &ServerConfig) -> Arc<Self> {
+        let quota = |per_minute: u32| {
+            let n = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+            Quota::per_minute(n)
+        };
+        Arc::new(Self {
+            limiter: DefaultKeyedRateLimiter::keyed(quota(cfg.rate_limit_per_minute)),
+            auth_limiter: DefaultKeyedRateLimiter::keyed(quota(cfg.auth_rate_limit_per_minute)),
+            clock: DefaultClock::default(),
+            in_flight: Semaphore::new(cfg.max_concurrent_requests),
+            timeout: cfg.request_timeout,
+            trusted_proxies: cfg.trusted_proxies.clone(),
+        })
+    }
+
+    /// Forgets clients not seen for a while, so the limiter's memory stays
+    /// bounded. Called periodically by the daemon.
+    pub fn forget_idle_clients(&self) {
+        self.limiter.retain_recent();
+        self.auth_limiter.retain_recent();
+    }
+
+    fn client(&self, req: &Request) -> Option<IpAddr> {
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())?;
+        if !self.trusted_proxies.contains(&peer) {
+            return Some(peer);
+        }
+        // The rightmost address our trusted proxy did not add itself.
+        let forwarded = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let client = forwarded.and_then(|list| {
+            list.rsplit(',').map(str::trim).find_map(|a| {
+                a.parse::<IpAddr>()
+                    .ok()
+                    .filter(|ip| !self.trusted_proxies.contains(ip))
+            })
+        });
+        Some(client.unwrap_or(peer))
+    }
+}
+
+/// Paths monitoring polls: never rate-limited or shed.
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/health" | "/ready") || path.starts_with("/actuator/")
+}
+
+pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .filter(|v| {
+            v.len() <= 128
+                && v.to_str()
+                    .is_ok_and(|s| s.chars().all(|c| c.is_ascii_graphic()))
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .expect("a uuid is a valid header")
+        });
+    req.headers_mut().insert(REQUEST_ID, id.clone());
+    let path = req.uri().path().to_string();
+    let span = tracing::info_span!("request", request_id = %id.to_str().unwrap_or(""), method = %req.method(), path = %path);
+    let started = Instant::now();
+    let client = edge.client(&req);
+
+    let mut response = async {
+        if let Some(ip) = client.filter(|_| !is_probe(&path)) {
+            {
+                let limiter = if path.starts_with("/api/v1/auth/") {
+                    &edge.auth_limiter
+                } else {
+                    &edge.limiter
+                };
+                if let Err(not_until) = limiter.check_key(&ip) {
+                    let wait = not_until.wait_time_from(edge.clock.now());
+                    tracing::warn!(%ip, "rate limited");
+                    return ApiError::TooManyRequests {
+                        detail: "too many requests from this address; slow down".into(),
+                        retry_after: wait.as_secs().max(1),
+                    }
+                    .into_response();
+                }
+            }
+        }
+        // Shed, don't queue: past the limit a request gets 503 at once, so a
+        // burst cannot pile up latency for everyone.
+        let Ok(_permit) = edge.in_flight.try_acquire() else {
+            tracing::warn!("over the concurrency limit; shedding");
+            return ApiError::Overloaded.into_response();
+        };
+        if let Ok(response) = tokio::time::timeout(edge.timeout, next.run(req)).await {
+            response
+        } else {
+            tracing::warn!(timeout = ?edge.timeout, "request timed out");
+            ApiError::Timeout.into_response()
+        }
+    }
+    .instrument(span.clone())
+    .await;
+
+    let headers = response.headers_mut();
+    headers.insert(REQUEST_ID, id);
+    for (name, value) in SECURITY_HEADERS {
+        if !headers.contains_key(*name) {
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+    }
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "request"
+        );
+    });
+    response
+}
+
+/// On every response unless a handler set its own (the web app sets a CSP
+/// that allows its scripts; everything else gets the strictest).
+const SECURITY_HEADERS: &[(&str, &str)] = &[
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+    (
+        "permissions-policy",
+        "camera=(), microphone=(), geolocation=(), payment=()",
+    ),
+    ("cross-origin-opener-policy", "same-origin"),
+];
+
+#[cfg(test)]
+mod tests {
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    fn app(cfg: &ServerConfig) -> Router {
+        Router::new()
+            .route("/fast", get(|| async { "ok" }))
+            .route("/api/v1/auth/login", get(|| async { "login" }))
+            .route("/health", get(|| async { "up" }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "late"
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(Edge::new(cfg), edge))
+    }
+
+    fn request(path: &str, from: [u8; 4], headers: &[(&str, &str)]) -> Request {
+        let mut req = Request::get(path).body(Body::empty()).expect("request");
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from((from, 40000))));
+        for (name, value) in headers {
+            req.headers_mut().insert(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        req
+    }
+
+    #[tokio::test]
+    async fn every_response_has_security_headers_and_a_request_id() {
+        let res = app(&ServerConfig::default())
+            .oneshot(request("/fast", [10, 0, 0, 1], &[]))
+            .await
+            .expect("response");
+        assert_eq!(res.status(), 200);
+        for (name, _) in SECURITY_HEADERS {
+            assert!(res.headers().contains_key(*name), "{name}");
+        }
+        let id = res.headers()["x-request-id"].to_str().expect("id");
+        assert_eq!(id.len(), 36, "a generated uuid: {id}");
+
+        let res = app(&ServerConfig::default())
+            .oneshot(request(
+                "/fast",
+                [10, 0, 0, 1],
+                &[("x-request-id", "abc-123")],
+            ))
+            .await
+            .expect("response");
+        assert_eq!(
+            res.headers()["x-request-id"],
+            "abc-123",
+            "an incoming id is propagated"
+        );
+    }
+
+    #[tokio::test]
+    async fn auth_is_rate_limited_per_client_with_retry_after_and_probes_never() {
+        let cfg = ServerConfig {
+            auth_rate_limit_per_minute: 2,
+            ..ServerConfig::default()
+        };
+        let app = app(&cfg);
+        for _ in 0..2 {
+            let res = app
+                .clone()
+                .oneshot(request("/api/v1/auth/login", [10, 0, 0, 1], &[]))
+                .await
+                .expect("response");
+            assert_eq!(res.status(), 200);
+        }
+        let res = app
+            .clone()
+            .oneshot(request("/api/v1/auth/login", [10, 0, 0, 1], &[]))
+            .await
+            .expect("response");
+        assert_eq!(res.status(), 429);
+        assert!(
+            res.headers()["retry-after"]
+                .to_str()
+                .expect("header")
+                .parse::<u64>()
+                .expect("secs")
+                >= 1
+        );
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        let other = app
+            .clone()
+            .oneshot(request("/api/v1/auth/login", [10, 0, 0, 2], &[]))
+            .await
+            .expect("response");
+        assert_eq!(other.status(), 200, "another client has its own budget");
+        let rest = app
+            .clone()
+            .oneshot(request("/fast", [10, 0, 0, 1], &[]))
+            .await
+            .expect("response");
+        assert_eq!(
+            rest.status(),
+            200,
+            "the looser general limit still has room"
+        );
+        for _ in 0..5 {
+            let probe = app
+                .clone()
+                .oneshot(request("/health", [10, 0, 0, 1], &[]))
+                .await
+                .expect("response");
+            assert_eq!(probe.status(), 200);
+        }
+    }
+
+    #[tokio::test]
+    async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let cfg = ServerConfig {
+            auth_rate_limit_per_minute: 1,
+            trusted_proxies: vec!["10.0.0.9".parse().expect("ip")],
+            ..ServerConfig::default()
+        };
+        let app = app(&cfg);
+        let via_proxy = |client: &str| {
+            request(
+                "/api/v1/auth/login",
+                [10, 0, 0, 9],
+                &[("x-forwarded-for", client)],
+            )
+        };
+        assert_eq!(
+            app.clone()
+                .oneshot(via_proxy("203.0.113.1"))
+                .await
+                .expect("res")
+                .status(),
+            200
+        );
+        assert_eq!(
+            app.clone()
+                .oneshot(via_proxy("203.0.113.2"))
+                .await
+                .expect("res")
+                .status(),
+            200,
+            "a different client behind the proxy"
+        );
+        assert_eq!(
+            app.clone()
+                .oneshot(via_proxy("203.0.113.1"))
+                .await
+                .expect("res")
+                .status(),
+            429
+        );
+        // From an untrusted peer the header is ignored: the peer is the client.
+        let spoof = |client: &str| {
+            request(
+                "/api/v1/auth/login",
+                [10, 0, 0, 7],
+                &[("x-forwarded-for", client)],
+            )
+        };
+        assert_eq!(
+            app.clone()
+                .oneshot(spoof("198.51.100.1"))
+                .await
+                .expect("res")
+                .status(),
+            200
+        );
+        assert_eq!(
+            app.clone()
+                .oneshot(spoof("198.51.100.2"))
+                .await
+                .expect("res")
+                .status(),
+            429,
+            "spoofing does not buy a new budget"
+        );
+    }
+
+    #[tokio::test]
+    async fn excess_concurrency_is_shed_with_503_not_queued() {
+        let cfg = ServerConfig {
+            max_concurrent_requests: 1,
+            ..ServerConfig::default()
+        };
+        let app = app(&cfg);
+        let slow = tokio::spawn(app.clone().oneshot(request("/slow", [10, 0, 0, 1], &[])));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let shed = app
+            .clone()
+            .oneshot(request("/fast", [10, 0, 0, 2], &[]))
+            .await
+            .expect("response");
+        assert_eq!(shed.status(), 503);
+        assert_eq!(shed.headers()["retry-after"], "1");
+        assert_eq!(slow.await.expect("join").expect("response").status(), 200);
+        let after = app
+            .oneshot(request("/fast", [10, 0, 0, 2], &[]))
+            .await
+            .expect("response");
+        assert_eq!(
+            after.status(),
+            200,
+            "capacity is back once the slow one finished"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_over_the_timeout_is_abandoned_with_503() {
+        let cfg = ServerConfig {
+            request_timeout: Duration::from_millis(50),
+            ..ServerConfig::default()
+        };
+        let res = app(&cfg)
+            .oneshot(request("/slow", [10, 0, 0, 1], &[]))
+            .await
+            .expect("response");
+        assert_eq!(res.status(), 503);
+        assert!(res.headers().contains_key("x-request-id"));
+    }
+}
