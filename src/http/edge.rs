@@ -113,21 +113,19 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
 
     let mut response = async {
         if let Some(ip) = client.filter(|_| !is_probe(&path)) {
-            {
-                let limiter = if path.starts_with("/api/v1/auth/") {
-                    &edge.auth_limiter
-                } else {
-                    &edge.limiter
-                };
-                if let Err(not_until) = limiter.check_key(&ip) {
-                    let wait = not_until.wait_time_from(edge.clock.now());
-                    tracing::warn!(%ip, "rate limited");
-                    return ApiError::TooManyRequests {
-                        detail: "too many requests from this address; slow down".into(),
-                        retry_after: wait.as_secs().max(1),
-                    }
-                    .into_response();
+            let limiter = if path.starts_with("/api/v1/auth/") {
+                &edge.auth_limiter
+            } else {
+                &edge.limiter
+            };
+            if let Err(not_until) = limiter.check_key(&ip) {
+                let wait = not_until.wait_time_from(edge.clock.now());
+                tracing::warn!(%ip, "rate limited");
+                return ApiError::TooManyRequests {
+                    detail: "too many requests from this address; slow down".into(),
+                    retry_after: wait.as_secs().max(1),
                 }
+                .into_response();
             }
         }
         // Shed, don't queue: past the limit a request gets 503 at once, so a
