@@ -54,6 +54,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the running daemon's metrics (Prometheus text) from its control socket
+    Metrics,
     /// Show the daemon's and PostgreSQL's logs
     Logs {
         /// Keep printing new lines
@@ -203,6 +205,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Config { action } => config_cmd::run(&action, load()),
         Command::Run { .. } => runtime.block_on(run::run(load()?)),
         Command::Status { json } => runtime.block_on(status::run(&load()?, json)),
+        Command::Metrics => runtime.block_on(status::metrics(&load()?)),
         Command::Logs {
             follow,
             lines,

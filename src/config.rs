@@ -57,6 +57,9 @@ pub struct ServerConfig {
     pub auth_rate_limit_per_minute: u32,
     /// Proxies whose `X-Forwarded-For` is believed; none by default.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Client addresses that may read `/metrics` over HTTP (the control
+    /// socket always serves it); loopback by default.
+    pub metrics_allow: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -213,6 +216,10 @@ impl Default for ServerConfig {
             rate_limit_per_minute: 1200,
             auth_rate_limit_per_minute: 30,
             trusted_proxies: Vec::new(),
+            metrics_allow: vec![
+                std::net::IpAddr::from([127, 0, 0, 1]),
+                std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            ],
         }
     }
 }

@@ -22,12 +22,20 @@ use tracing::debug;
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     Status,
-    BackupCreate { label: Option<String> },
+    BackupCreate {
+        label: Option<String>,
+    },
     BackupList,
-    BackupVerify { name: Option<String> },
+    BackupVerify {
+        name: Option<String>,
+    },
     BackupPrune,
     BackupDrill,
-    Restore { name: String },
+    Restore {
+        name: String,
+    },
+    /// The Prometheus text, as `/metrics` serves it.
+    Metrics,
 }
 
 /// The answer to [`Request::Status`].
@@ -43,6 +51,20 @@ pub struct StatusReport {
     pub checks: Vec<CheckReport>,
     pub postgres: PostgresReport,
     pub backups: BackupReport,
+    /// The latest resource sample (absent until the first one, ~5 s after start).
+    pub resources: Option<ResourceReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResourceReport {
+    pub daemon_rss_bytes: u64,
+    pub daemon_cpu_percent: f32,
+    pub postgres_rss_bytes: u64,
+    pub postgres_cpu_percent: f32,
+    pub postgres_processes: u32,
+    pub postgres_memory_budget_bytes: u64,
+    pub data_free_bytes: u64,
+    pub disk_reserve_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -26,13 +26,15 @@ use crate::auth::{self, SigningKeys};
 use crate::backup::schedule::Schedule;
 use crate::backup::{Backups, Store, pipeline};
 use crate::config::{Config, Loaded};
-use crate::control::{self, BackupReport, CheckReport, PostgresReport, Request, StatusReport};
+use crate::control::{
+    self, BackupReport, CheckReport, PostgresReport, Request, ResourceReport, StatusReport,
+};
 use crate::health::Health;
 use crate::lock::DataDirLock;
 use crate::paths::Paths;
 use crate::postgres::{self, Cluster, State};
 use crate::secrets::SecretFile;
-use crate::{crm, fsutil, http, migrate};
+use crate::{crm, fsutil, http, migrate, telemetry};
 
 /// Where the application role's password is kept, under `Paths::secrets_dir`.
 pub const APP_SECRET: &str = "postgres-app.password";
@@ -81,7 +83,9 @@ pub async fn run(loaded: Loaded) -> Result<()> {
                 return Ok(None);
             }
         }
-        start_serving(&config, &paths, &cluster).await.map(Some)
+        start_serving(&config, &paths, &cluster, server.status())
+            .await
+            .map(Some)
     };
     let mut serving = match starting.await {
         Ok(Some(serving)) => serving,
@@ -107,6 +111,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         cluster: &cluster,
         health: serving.health.clone(),
         backups: serving.backups.clone(),
+        samples: serving.samples.clone(),
         bound: serving.bound.clone(),
         started,
     };
@@ -127,6 +132,8 @@ pub async fn run(loaded: Loaded) -> Result<()> {
 /// What runs once postgres is up: HTTP, the control socket, backups.
 struct Serving {
     health: Arc<Health>,
+    samples: telemetry::Samples,
+    metrics: Arc<http::MetricsEndpoint>,
     backups: Arc<Backups>,
     backup_due: mpsc::Receiver<()>,
     drill_due: mpsc::Receiver<()>,
@@ -140,7 +147,12 @@ struct Serving {
 }
 
 /// Migrates, opens the pool, binds the listeners and the control socket.
-async fn start_serving(config: &Config, paths: &Paths, cluster: &Cluster) -> Result<Serving> {
+async fn start_serving(
+    config: &Config,
+    paths: &Paths,
+    cluster: &Cluster,
+    pg_status: watch::Receiver<postgres::Status>,
+) -> Result<Serving> {
     let owner = cluster.account().map(|a| (a.uid, a.gid));
     let app_password = SecretFile::new(&paths.secrets_dir(), APP_SECRET).load_or_create(owner)?;
     bootstrap(cluster, config, &app_password).await?;
@@ -199,29 +211,25 @@ async fn start_serving(config: &Config, paths: &Paths, cluster: &Cluster) -> Res
     ));
 
     let stop_http = CancellationToken::new();
+    let samples = telemetry::Samples::default();
     let api = Arc::new(http::ApiState {
         pool: health.pool.clone().expect("the daemon's health has a pool"),
         keys,
         auth: config.auth.clone(),
         backups: Some(backups.clone()),
+        samples: samples.clone(),
+        limits: config.limits.clone(),
     });
     let edge = http::edge::Edge::new(&config.server);
+    let metrics = metrics_endpoint(config, &health, &backups, pg_status.clone());
+    spawn_sampler(&samples, paths, pg_status, stop_http.clone());
     let router = http::router(http::AppState {
         health: health.clone(),
         api,
         edge: edge.clone(),
+        metrics: Some(metrics.clone()),
     });
-    // The rate limiter remembers every client it saw; forget idle ones.
-    let stop = stop_http.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => edge.forget_idle_clients(),
-                () = stop.cancelled() => return,
-            }
-        }
-    });
+    edge.forget_idle_clients_until(stop_http.clone());
     let http = tokio::spawn(http::serve(
         listeners,
         router,
@@ -230,6 +238,8 @@ async fn start_serving(config: &Config, paths: &Paths, cluster: &Cluster) -> Res
     ));
     Ok(Serving {
         health,
+        samples,
+        metrics,
         backups,
         backup_due,
         drill_due,
@@ -253,6 +263,82 @@ impl Serving {
         // database goes away; a restore is waited for, bounded.
         self.backups.abort_and_wait(drain).await;
     }
+}
+
+/// Samples the daemon and its postgres tree (found through the supervisor's
+/// current postmaster pid) until `stop`.
+fn spawn_sampler(
+    samples: &telemetry::Samples,
+    paths: &Paths,
+    pg_status: watch::Receiver<postgres::Status>,
+    stop: CancellationToken,
+) {
+    let postmaster: Arc<dyn Fn() -> Option<u32> + Send + Sync> =
+        Arc::new(move || pg_status.borrow().pid);
+    let dirs = (
+        paths.data_dir().to_path_buf(),
+        paths.backup_dir().to_path_buf(),
+    );
+    tokio::spawn(telemetry::sample(
+        samples.clone(),
+        postmaster,
+        dirs.0,
+        dirs.1,
+        stop,
+    ));
+}
+
+/// The `/metrics` renderer: sets the gauges that mirror other subsystems'
+/// state (postgres, backups, pool), then renders everything recorded.
+fn metrics_endpoint(
+    config: &Config,
+    health: &Arc<Health>,
+    backups: &Arc<Backups>,
+    pg_status: watch::Receiver<postgres::Status>,
+) -> Arc<http::MetricsEndpoint> {
+    let handle = telemetry::install();
+    let (health, backups) = (health.clone(), backups.clone());
+    let render = move || {
+        let pg = pg_status.borrow().clone();
+        metrics::gauge!("pagodirecto_postgres_up").set(if pg.state == State::Ready {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!("pagodirecto_postgres_restarts_total").set(f64::from(pg.restarts));
+        let history = backups.history();
+        if let Some(last) = &history.last_success {
+            #[allow(clippy::cast_precision_loss)] // sizes and durations far below 2^53
+            {
+                metrics::gauge!("pagodirecto_backup_last_success_timestamp_seconds")
+                    .set(last.created_at.unix_timestamp() as f64);
+                metrics::gauge!("pagodirecto_backup_last_size_bytes").set(last.size as f64);
+                metrics::gauge!("pagodirecto_backup_last_duration_seconds")
+                    .set(last.duration_ms as f64 / 1000.0);
+            }
+        }
+        if let Some((at, _)) = &history.last_restorable {
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!("pagodirecto_backup_last_verified_restorable_timestamp_seconds")
+                .set(at.unix_timestamp() as f64);
+        }
+        if let Some(pool) = &health.pool {
+            let status = pool.status();
+            #[allow(clippy::cast_precision_loss)]
+            {
+                metrics::gauge!("pagodirecto_pool_connections").set(status.size as f64);
+                metrics::gauge!("pagodirecto_pool_available").set(status.available as f64);
+                metrics::gauge!("pagodirecto_pool_waiting").set(status.waiting as f64);
+                metrics::gauge!("pagodirecto_pool_max").set(status.max_size as f64);
+            }
+        }
+        handle.run_upkeep();
+        handle.render()
+    };
+    Arc::new(http::MetricsEndpoint {
+        render: Box::new(render),
+        allow: config.server.metrics_allow.clone(),
+    })
 }
 
 /// Starts the ticker for a cron `expr` ("" = never); its receiver never
@@ -344,6 +430,11 @@ async fn event_loop(
                     let _ = serving.postgres_up.send(up);
                 }
             }
+            Event::Control(Request::Metrics, reply) => {
+                let _ = reply.send(Ok(
+                    serde_json::json!({ "text": (serving.metrics.render)() }),
+                ));
+            }
             Event::Control(Request::Status, reply) => {
                 let pg = pg_status.borrow().clone();
                 let _ = reply.send(
@@ -381,7 +472,7 @@ fn backup_request(
     tokio::spawn(async move {
         let none = pipeline::Progress::none;
         let answer = match request {
-            Request::Status => Ok(serde_json::Value::Null), // answered by the event loop
+            Request::Status | Request::Metrics => Ok(serde_json::Value::Null), // answered by the event loop
             Request::BackupCreate { label } => {
                 backups.create(label.as_deref(), none()).await.map(json)
             }
@@ -539,6 +630,7 @@ struct StatusContext<'a> {
     cluster: &'a Cluster,
     health: Arc<Health>,
     backups: Arc<Backups>,
+    samples: telemetry::Samples,
     bound: Vec<SocketAddr>,
     started: Instant,
 }
@@ -579,6 +671,16 @@ impl StatusContext<'_> {
                 os_user: self.cluster.account().map(|a| a.name.clone()),
             },
             backups: self.backup_report(),
+            resources: self.samples.latest().map(|s| ResourceReport {
+                daemon_rss_bytes: s.daemon_rss_bytes,
+                daemon_cpu_percent: s.daemon_cpu_percent,
+                postgres_rss_bytes: s.postgres_rss_bytes,
+                postgres_cpu_percent: s.postgres_cpu_percent,
+                postgres_processes: s.postgres_processes,
+                postgres_memory_budget_bytes: self.config.limits.postgres_memory.as_u64(),
+                data_free_bytes: s.data_free_bytes,
+                disk_reserve_bytes: self.config.limits.disk_reserve.as_u64(),
+            }),
         }
     }
 

@@ -40,6 +40,36 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub api: Arc<ApiState>,
     pub edge: Arc<edge::Edge>,
+    /// `/metrics`; absent in tests that build a router without a daemon.
+    pub metrics: Option<Arc<MetricsEndpoint>>,
+}
+
+/// Renders the Prometheus text, for the addresses allowed to read it.
+pub struct MetricsEndpoint {
+    pub render: Box<dyn Fn() -> String + Send + Sync>,
+    pub allow: Vec<std::net::IpAddr>,
+}
+
+/// `GET /metrics`: to allowed addresses only; to anyone else it does not
+/// exist (404), so scanners learn nothing.
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    api::ClientAddr(peer): api::ClientAddr,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let allowed =
+        |m: &MetricsEndpoint| peer.is_some_and(|p| m.allow.contains(&p.ip().to_canonical()));
+    match state.metrics.as_deref().filter(|m| allowed(m)) {
+        Some(m) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            (m.render)(),
+        )
+            .into_response(),
+        None => error::ApiError::NotFound("route").into_response(),
+    }
 }
 
 /// What the JSON API needs beyond health.
@@ -50,6 +80,9 @@ pub struct ApiState {
     pub auth: AuthConfig,
     /// Absent in tests that build a router without a cluster.
     pub backups: Option<Arc<crate::backup::Backups>>,
+    /// The last hour of resource samples, for the System page's charts.
+    pub samples: crate::telemetry::Samples,
+    pub limits: crate::config::LimitsConfig,
 }
 
 #[derive(utoipa::OpenApi)]
@@ -97,6 +130,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(api::payments::archive))
         .routes(routes!(api::audit::list))
         .routes(routes!(api::system::list, api::system::create))
+        .routes(routes!(api::system::resources))
         .split_for_parts()
 }
 
@@ -108,6 +142,8 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::live))
         .route("/ready", get(health::ready))
         .route("/actuator/health", get(health::ready))
+        .route("/metrics", get(metrics))
+        .route("/actuator/prometheus", get(metrics))
         .route(
             "/openapi.json",
             get(move || {
@@ -191,6 +227,8 @@ pub(crate) mod tests {
             keys,
             auth: AuthConfig::default(),
             backups: None,
+            samples: crate::telemetry::Samples::default(),
+            limits: crate::config::LimitsConfig::default(),
         })
     }
 
@@ -203,6 +241,7 @@ pub(crate) mod tests {
             health,
             api: api_state(),
             edge: edge::Edge::new(&crate::config::ServerConfig::default()),
+            metrics: None,
         });
         let mut checked = 0;
         for (path, item) in &openapi.paths.paths {
@@ -248,6 +287,7 @@ pub(crate) mod tests {
             health,
             api: api_state(),
             edge: edge::Edge::new(&crate::config::ServerConfig::default()),
+            metrics: None,
         });
         let res = app
             .oneshot(

@@ -43,6 +43,8 @@
 //! - [`crm`]: tenants and users created by the appliance and the CLI (as
 //!   the superuser; the API goes through RLS instead).
 //! - [`health`]: readiness checks shared by `/ready` and `status`.
+//! - [`telemetry`]: the Prometheus recorder and the resource sampler (the
+//!   last hour of daemon and postgres memory/CPU and disk free).
 //! - [`http`]: the axum router and server; `http::api::*` one module per
 //!   resource, all through `http::api::Scoped` (the tenant-scoped
 //!   transaction) and `http::error::ApiError` (problem+json).
@@ -79,6 +81,7 @@ pub mod auth;
 pub mod crm;
 pub mod backup;
 pub mod health;
+pub mod telemetry;
 pub mod http;
 pub mod control;
 pub mod logging;

@@ -37,6 +37,23 @@ pub async fn run(loaded: &Loaded, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `pagodirecto metrics`: the same text `/metrics` serves, from the control
+/// socket (which needs no network access and no allow list).
+pub async fn metrics(loaded: &Loaded) -> Result<ExitCode> {
+    let socket = loaded.config.paths().control_socket();
+    match control::call(&socket, &Request::Metrics).await {
+        Ok(value) => {
+            print!("{}", value["text"].as_str().unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err @ control::Error::NotRunning { .. }) => {
+            eprintln!("pagodirecto: {err}");
+            Ok(ExitCode::from(NOT_RUNNING))
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
 fn render(r: &StatusReport) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -76,7 +93,39 @@ fn render(r: &StatusReport) -> String {
             .map(|e| format!(" (last exit: {e})"))
             .unwrap_or_default()
     );
-    let b = &r.backups;
+    render_backups(&mut out, &r.backups);
+    if let Some(res) = &r.resources {
+        let _ = writeln!(out, "resources");
+        let _ = writeln!(
+            out,
+            "  daemon:    {} RSS, {:.1}% CPU",
+            bytesize::ByteSize(res.daemon_rss_bytes),
+            res.daemon_cpu_percent
+        );
+        let _ = writeln!(
+            out,
+            "  postgres:  {} RSS in {} processes (budget {}), {:.1}% CPU",
+            bytesize::ByteSize(res.postgres_rss_bytes),
+            res.postgres_processes,
+            bytesize::ByteSize(res.postgres_memory_budget_bytes),
+            res.postgres_cpu_percent
+        );
+    }
+    let _ = writeln!(out, "checks");
+    for check in &r.checks {
+        let _ = writeln!(
+            out,
+            "  {:<10} {:<4} {}",
+            check.name,
+            if check.ok { "ok" } else { "FAIL" },
+            check.detail
+        );
+    }
+    out
+}
+
+fn render_backups(out: &mut String, b: &crate::control::BackupReport) {
+    use std::fmt::Write as _;
     let _ = writeln!(out, "backups ({} in {})", b.count, b.directory.display());
     let _ = writeln!(
         out,
@@ -114,17 +163,6 @@ fn render(r: &StatusReport) -> String {
     if let Some(next) = &b.next_scheduled {
         let _ = writeln!(out, "  next:      {next}");
     }
-    let _ = writeln!(out, "checks");
-    for check in &r.checks {
-        let _ = writeln!(
-            out,
-            "  {:<10} {:<4} {}",
-            check.name,
-            if check.ok { "ok" } else { "FAIL" },
-            check.detail
-        );
-    }
-    out
 }
 
 fn human_secs(secs: u64) -> String {

@@ -55,11 +55,22 @@ impl Edge {
         })
     }
 
-    /// Forgets clients not seen for a while, so the limiter's memory stays
-    /// bounded. Called periodically by the daemon.
-    pub fn forget_idle_clients(&self) {
-        self.limiter.retain_recent();
-        self.auth_limiter.retain_recent();
+    /// Every minute until `stop`, forgets clients not seen for a while, so
+    /// the limiter's memory stays bounded however many addresses call.
+    pub fn forget_idle_clients_until(self: &Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let edge = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        edge.limiter.retain_recent();
+                        edge.auth_limiter.retain_recent();
+                    }
+                    () = stop.cancelled() => return,
+                }
+            }
+        });
     }
 
     fn client(&self, req: &Request) -> Option<IpAddr> {
@@ -107,6 +118,7 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
         });
     req.headers_mut().insert(REQUEST_ID, id.clone());
     let path = req.uri().path().to_string();
+    let method = req.method().clone();
     let span = tracing::info_span!("request", request_id = %id.to_str().unwrap_or(""), method = %req.method(), path = %path);
     let started = Instant::now();
     let client = edge.client(&req);
@@ -154,6 +166,17 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
             );
         }
     }
+    let route = if response.status() == axum::http::StatusCode::NOT_FOUND {
+        "unmatched".to_string()
+    } else {
+        route_label(&path)
+    };
+    crate::telemetry::record_request(
+        &route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     span.in_scope(|| {
         tracing::info!(
             status = response.status().as_u16(),
@@ -162,6 +185,27 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
         );
     });
     response
+}
+
+/// The metrics label for a path: ids replaced by `{id}` so the number of
+/// series stays bounded; the web app's files are one label.
+fn route_label(path: &str) -> String {
+    if !(path.starts_with("/api/")
+        || matches!(path, "/health" | "/ready" | "/metrics" | "/openapi.json")
+        || path.starts_with("/actuator/"))
+    {
+        return "/*".to_string();
+    }
+    path.split('/')
+        .map(|segment| {
+            if uuid::Uuid::parse_str(segment).is_ok() {
+                "{id}"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// On every response unless a handler set its own (the web app sets a CSP
@@ -216,6 +260,17 @@ mod tests {
             );
         }
         req
+    }
+
+    #[test]
+    fn route_labels_have_bounded_cardinality() {
+        assert_eq!(
+            route_label("/api/v1/customers/6f1c2b1e-8d0a-4c57-9d2f-0e4b3a1c9d77/archive"),
+            "/api/v1/customers/{id}/archive"
+        );
+        assert_eq!(route_label("/api/v1/customers"), "/api/v1/customers");
+        assert_eq!(route_label("/assets/index-abc123.js"), "/*");
+        assert_eq!(route_label("/customers/42"), "/*");
     }
 
     #[tokio::test]

@@ -68,6 +68,7 @@ mod tests {
                 health,
                 api: crate::http::tests::api_state(),
                 edge: crate::http::edge::Edge::new(&crate::config::ServerConfig::default()),
+                metrics: None,
             },
             tx,
         )

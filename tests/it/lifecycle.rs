@@ -254,3 +254,64 @@ fn status_json(data: &DataDir) -> serde_json::Value {
     let out = ok_stdout(&data.cli(&["status", "--json"]));
     serde_json::from_str(&out).expect("status json")
 }
+
+#[test]
+fn metrics_and_resources_are_reported_to_allowed_readers_only() {
+    let data = DataDir::new();
+    let daemon = data.start();
+    let (status, _) = daemon.get("/api/v1/customers");
+    assert_eq!(status, 401);
+    let (code, text) = daemon.get("/metrics");
+    assert_eq!(code, 200, "loopback may read /metrics");
+    for line in [
+        "pagodirecto_postgres_up 1",
+        "pagodirecto_postgres_restarts_total 0",
+        "pagodirecto_http_requests_total{route=\"/api/v1/customers\",method=\"GET\",status=\"401\"}",
+        "pagodirecto_pool_max 16",
+        "pagodirecto_build_info{version=",
+    ] {
+        assert!(text.contains(line), "{line} missing in:\n{text}");
+    }
+    assert_eq!(daemon.get("/actuator/prometheus").0, 200);
+    let from_socket = ok_stdout(&data.cli(&["metrics"]));
+    assert!(
+        from_socket.contains("pagodirecto_postgres_up 1"),
+        "{from_socket}"
+    );
+
+    // The sampler has measured the daemon and postgres within a few seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let resources = loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&ok_stdout(&data.cli(&["status", "--json"]))).expect("json");
+        if status["resources"].is_object() {
+            break status["resources"].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no resource sample: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(
+        resources["daemon_rss_bytes"].as_u64().expect("rss") > 1_000_000,
+        "{resources}"
+    );
+    assert!(
+        resources["postgres_rss_bytes"].as_u64().expect("rss") > 1_000_000,
+        "{resources}"
+    );
+    assert!(
+        resources["postgres_processes"].as_u64().expect("count") >= 3,
+        "{resources}"
+    );
+    assert!(daemon.stop().success());
+
+    // With an empty allow list, /metrics does not exist over HTTP.
+    let config = data.path().join("closed.toml");
+    std::fs::write(&config, "[server]\nmetrics_allow = []\n").expect("config");
+    let mut daemon = data.spawn(&["--config", config.to_str().expect("utf8")]);
+    daemon.wait_ready(Duration::from_secs(60));
+    assert_eq!(daemon.get("/metrics").0, 404);
+    assert!(daemon.stop().success());
+}

@@ -132,3 +132,35 @@ pub async fn create(
         Err(err) => Err(ApiError::Internal(err.into())),
     }
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Resources {
+    /// Samples every 5 s over the last hour, oldest first.
+    #[schema(value_type = Vec<Object>)]
+    pub samples: Vec<crate::telemetry::Sample>,
+    /// The budget the samples are measured against.
+    pub postgres_memory_bytes: u64,
+    pub disk_reserve_bytes: u64,
+    pub max_connections: u32,
+}
+
+#[utoipa::path(get, path = "/api/v1/system/resources", tag = "system",
+    responses((status = 200, body = Resources), (status = 403, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn resources(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+) -> Result<Json<Resources>, ApiError> {
+    Scoped::begin(&state, auth, Permission::SystemManage, &headers)
+        .await?
+        .commit()
+        .await?;
+    let limits = &state.api.limits;
+    Ok(Json(Resources {
+        samples: state.api.samples.all(),
+        postgres_memory_bytes: limits.postgres_memory.as_u64(),
+        disk_reserve_bytes: limits.disk_reserve.as_u64(),
+        max_connections: limits.max_connections,
+    }))
+}
