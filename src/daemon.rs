@@ -34,7 +34,7 @@ use crate::lock::DataDirLock;
 use crate::paths::Paths;
 use crate::postgres::{self, Cluster, State};
 use crate::secrets::SecretFile;
-use crate::{crm, fsutil, http, migrate, telemetry};
+use crate::{crm, fsutil, http, migrate, systemd, telemetry};
 
 /// Where the application role's password is kept, under `Paths::secrets_dir`.
 pub const APP_SECRET: &str = "postgres-app.password";
@@ -50,6 +50,8 @@ enum Event {
     /// The backup schedule (or a missed run at start) says: back up now.
     BackupDue,
     DrillDue,
+    /// Time to tell systemd's watchdog the event loop and supervision live.
+    Watchdog,
     Reload,
 }
 
@@ -66,6 +68,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
     let _lock = DataDirLock::acquire(&paths.lock_file(), paths.data_dir())?;
     clear_runtime_files(&paths);
 
+    systemd::status("finding PostgreSQL binaries");
     let binaries = postgres::binaries::locate(&config.database, &paths.pg_installs())
         .await
         .context("finding PostgreSQL binaries")?;
@@ -73,6 +76,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         .await
         .context("preparing the PostgreSQL cluster")?;
 
+    systemd::status("starting postgres");
     let stop_postgres = CancellationToken::new();
     let mut server = cluster.start(stop_postgres.clone());
     let starting = async {
@@ -104,6 +108,12 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         }
     };
     info!(elapsed = ?started.elapsed(), urls = ?serving.bound.iter().map(|a| format!("http://{a}")).collect::<Vec<_>>(), "ready");
+    let urls: Vec<String> = serving
+        .bound
+        .iter()
+        .map(|a| format!("http://{a}"))
+        .collect();
+    systemd::ready(&format!("serving on {}", urls.join(", ")));
 
     let context = StatusContext {
         config: &config,
@@ -155,6 +165,7 @@ async fn start_serving(
 ) -> Result<Serving> {
     let owner = cluster.account().map(|a| (a.uid, a.gid));
     let app_password = SecretFile::new(&paths.secrets_dir(), APP_SECRET).load_or_create(owner)?;
+    systemd::status("migrating the database");
     bootstrap(cluster, config, &app_password).await?;
     ensure_first_owner(cluster, config, paths).await?;
     let keys =
@@ -395,6 +406,9 @@ async fn event_loop(
     context: &StatusContext<'_>,
 ) -> Result<()> {
     let mut pg_status = server.status();
+    // Pinged from this loop, so a wedged loop (or supervision gone) stops the
+    // pings and systemd restarts us.
+    let mut watchdog = systemd::watchdog_interval().map(tokio::time::interval);
     loop {
         let event = tokio::select! {
             biased;
@@ -407,10 +421,12 @@ async fn event_loop(
             Some((request, reply)) = serving.control.recv() => Event::Control(request, reply),
             Some(()) = serving.backup_due.recv() => Event::BackupDue,
             Some(()) = serving.drill_due.recv() => Event::DrillDue,
+            _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => Event::Watchdog,
         };
         match event {
             Event::Shutdown(name) => {
                 info!(signal = name, "shutting down");
+                systemd::stopping();
                 return Ok(());
             }
             Event::PostgresFinished(result) => {
@@ -424,7 +440,12 @@ async fn event_loop(
                 if *serving.postgres_up.borrow() != up {
                     if up {
                         info!(restarts = status.restarts, "postgres is back; ready again");
+                        systemd::status("serving");
                     } else {
+                        systemd::status(&format!(
+                            "postgres is {}; restarting it",
+                            status.state.as_str()
+                        ));
                         warn!(state = status.state.as_str(), last_exit = ?status.last_exit, "postgres is down; not ready");
                     }
                     let _ = serving.postgres_up.send(up);
@@ -446,6 +467,7 @@ async fn event_loop(
                 info!("scheduled backup");
                 spawn_backup(&serving.backups, None);
             }
+            Event::Watchdog => systemd::watchdog(),
             Event::DrillDue => {
                 let backups = serving.backups.clone();
                 tokio::spawn(async move {

@@ -50,6 +50,8 @@
 //!   transaction) and `http::error::ApiError` (problem+json).
 //! - [`control`]: the control socket protocol (server and client).
 //! - [`logging`]: tracing to stderr and daily files; reading them back.
+//! - [`systemd`]: READY/STATUS/STOPPING/WATCHDOG notifications (no-ops
+//!   outside systemd).
 //! - [`lock`], [`secrets`], [`fsutil`]: the data-dir lock, generated secrets,
 //!   atomic private files.
 //!
@@ -85,6 +87,7 @@ pub mod telemetry;
 pub mod http;
 pub mod control;
 pub mod logging;
+pub mod systemd;
 pub mod lock;
 pub mod secrets;
 pub mod fsutil;

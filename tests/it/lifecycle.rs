@@ -315,3 +315,54 @@ fn metrics_and_resources_are_reported_to_allowed_readers_only() {
     assert_eq!(daemon.get("/metrics").0, 404);
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn systemd_hears_ready_watchdog_pings_and_stopping() {
+    let data = DataDir::new();
+    let socket_path = data.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let notify = socket_path.to_str().expect("utf8").to_string();
+    let mut daemon = data.spawn_env(
+        &[],
+        &[
+            ("PAGODIRECTO_BACKUP__SCHEDULE", ""),
+            ("NOTIFY_SOCKET", notify.as_str()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let mut seen = String::new();
+    let mut next = || {
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    while !seen.contains("READY=1") {
+        seen.push_str(&next());
+        seen.push('\n');
+    }
+    assert!(seen.contains("STATUS=starting postgres"), "{seen}");
+    assert!(
+        seen.contains("STATUS=serving on http://127.0.0.1:"),
+        "{seen}"
+    );
+    daemon.wait_ready(Duration::from_secs(30));
+    let mut pings = 0;
+    while pings < 2 {
+        if next().contains("WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+    daemon.signal(Signal::SIGTERM);
+    let mut stopping = false;
+    for _ in 0..50 {
+        if next().contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "no STOPPING=1");
+    assert!(daemon.wait_exit(Duration::from_secs(30)).success());
+}

@@ -64,7 +64,7 @@ impl DataDir {
         self.spawn_env(extra, &[])
     }
 
-    fn spawn_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+    pub fn spawn_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = self.path().join(format!("daemon-{}.out", unique()));
         let out = fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("clone");
