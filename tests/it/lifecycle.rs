@@ -334,7 +334,7 @@ fn systemd_hears_ready_watchdog_pings_and_stopping() {
         ],
     );
     let mut seen = String::new();
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 4096];
         let n = socket.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).into_owned()
