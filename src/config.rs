@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::paths::Paths;
 
+pub mod watch;
+
 /// Where the config is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/pagodirecto/pagodirecto.toml";
 const ENV_PREFIX: &str = "PAGODIRECTO_";
@@ -318,6 +320,56 @@ impl std::fmt::Display for ConfigSource {
 pub struct Loaded {
     pub config: Config,
     pub source: ConfigSource,
+    /// The command-line values, kept so a reload applies them again.
+    pub overrides: Overrides,
+}
+
+impl Loaded {
+    /// Loads again from the same file, environment and flags (a reload).
+    pub fn reload(&self) -> Result<Loaded, ConfigError> {
+        let explicit = match &self.source {
+            ConfigSource::File(path) => Some(path.as_path()),
+            ConfigSource::Defaults => None,
+        };
+        Config::load(explicit, &self.overrides)
+    }
+
+    /// The dotted keys whose values differ between `self` and `other`.
+    #[must_use]
+    pub fn changed_keys(&self, other: &Config) -> Vec<String> {
+        let (a, b) = (
+            serde_json::to_value(&self.config).unwrap_or_default(),
+            serde_json::to_value(other).unwrap_or_default(),
+        );
+        let mut out = Vec::new();
+        diff("", &a, &b, &mut out);
+        out
+    }
+}
+
+fn diff(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b))
+            if prefix.matches('.').count() < 1 =>
+        {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                diff(
+                    &path,
+                    a.get(key).unwrap_or(&serde_json::Value::Null),
+                    b.get(key).unwrap_or(&serde_json::Value::Null),
+                    out,
+                );
+            }
+        }
+        (a, b) if a != b => out.push(prefix.to_string()),
+        _ => {}
+    }
 }
 
 impl Config {
@@ -373,7 +425,11 @@ impl Config {
                     .collect(),
             ));
         }
-        Ok(Loaded { config, source })
+        Ok(Loaded {
+            config,
+            source,
+            overrides: overrides.clone(),
+        })
     }
 
     /// Parses a TOML string on top of the defaults, with no environment: for tests.

@@ -53,6 +53,12 @@ pub struct StatusReport {
     pub backups: BackupReport,
     /// The latest resource sample (absent until the first one, ~5 s after start).
     pub resources: Option<ResourceReport>,
+    /// When the configuration was last (re)loaded.
+    pub config_loaded_at: String,
+    /// Changed keys that take effect only after a restart.
+    pub restart_pending: Vec<String>,
+    /// Why the last change to the config file was refused, if it was.
+    pub config_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

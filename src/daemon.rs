@@ -34,7 +34,7 @@ use crate::lock::DataDirLock;
 use crate::paths::Paths;
 use crate::postgres::{self, Cluster, State};
 use crate::secrets::SecretFile;
-use crate::{crm, fsutil, http, migrate, systemd, telemetry};
+use crate::{crm, fsutil, http, logging, migrate, systemd, telemetry};
 
 /// Where the application role's password is kept, under `Paths::secrets_dir`.
 pub const APP_SECRET: &str = "postgres-app.password";
@@ -56,9 +56,9 @@ enum Event {
 }
 
 /// Runs the appliance until SIGTERM/SIGINT (`Ok`) or an unrecoverable failure.
-pub async fn run(loaded: Loaded) -> Result<()> {
+pub async fn run(loaded: Loaded, log_level: Option<logging::Level>) -> Result<()> {
     let started = Instant::now();
-    let Loaded { config, source } = loaded;
+    let Loaded { config, source, .. } = loaded.clone();
     let paths = config.paths();
     info!(version = env!("CARGO_PKG_VERSION"), config = %source, data_dir = %paths.data_dir().display(), "starting");
 
@@ -125,7 +125,15 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         bound: serving.bound.clone(),
         started,
     };
-    let outcome = event_loop(&mut signals, &mut server, &mut serving, &context).await;
+    let mut reloader = Reloader::new(loaded, log_level);
+    let outcome = event_loop(
+        &mut signals,
+        &mut server,
+        &mut serving,
+        &context,
+        &mut reloader,
+    )
+    .await;
 
     // Reverse start order: nothing new comes in, in-flight requests finish,
     // and only then does the database they need go away.
@@ -142,6 +150,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
 /// What runs once postgres is up: HTTP, the control socket, backups.
 struct Serving {
     health: Arc<Health>,
+    edge: Arc<http::edge::Edge>,
     samples: telemetry::Samples,
     metrics: Arc<http::MetricsEndpoint>,
     backups: Arc<Backups>,
@@ -249,6 +258,7 @@ async fn start_serving(
     ));
     Ok(Serving {
         health,
+        edge,
         samples,
         metrics,
         backups,
@@ -265,6 +275,30 @@ async fn start_serving(
 }
 
 impl Serving {
+    /// Replaces the backup and drill tickers after a config reload.
+    fn restart_schedules(&mut self, config: &Config) {
+        self.stop_schedules.cancel();
+        self.stop_schedules = CancellationToken::new();
+        let tickers = (
+            schedule(
+                &config.backup.schedule,
+                "backup.schedule",
+                &self.stop_schedules,
+            ),
+            schedule(&config.backup.drill, "backup.drill", &self.stop_schedules),
+        );
+        match tickers {
+            (Ok(backup), Ok(drill)) => {
+                self.backup_due = backup;
+                self.drill_due = drill;
+            }
+            // Validation parsed both already; keep the old ones if not.
+            (Err(err), _) | (_, Err(err)) => {
+                warn!(error = %err, "cannot restart the backup schedules");
+            }
+        }
+    }
+
     async fn stop(self, drain: Duration) {
         self.stop_http.cancel();
         let _ = self.http.await;
@@ -348,7 +382,7 @@ fn metrics_endpoint(
     };
     Arc::new(http::MetricsEndpoint {
         render: Box::new(render),
-        allow: config.server.metrics_allow.clone(),
+        allow: std::sync::RwLock::new(config.server.metrics_allow.clone()),
     })
 }
 
@@ -398,14 +432,119 @@ fn spawn_backup(
     });
 }
 
+/// Applies config changes (SIGHUP or a save of the file) while running.
+///
+/// A change is validated first: an invalid one is logged with the reason and
+/// the running config stays. Keys that can change live apply at once; the
+/// rest are reported (log, `status`) as needing a restart.
+struct Reloader {
+    current: Loaded,
+    /// What the process started with: non-live keys keep these values.
+    started_with: Config,
+    loaded_at: SystemTime,
+    restart_pending: Vec<String>,
+    last_error: Option<String>,
+    log_level: Option<logging::Level>,
+}
+
+/// Keys whose new value takes effect without a restart.
+fn is_live(key: &str) -> bool {
+    matches!(
+        key,
+        "logging.level"
+            | "server.request_timeout"
+            | "server.max_concurrent_requests"
+            | "server.rate_limit_per_minute"
+            | "server.auth_rate_limit_per_minute"
+            | "server.trusted_proxies"
+            | "server.metrics_allow"
+    ) || (key.starts_with("backup.") && key != "backup.directory")
+}
+
+impl Reloader {
+    fn new(loaded: Loaded, log_level: Option<logging::Level>) -> Self {
+        let started_with = loaded.config.clone();
+        Self {
+            current: loaded,
+            started_with,
+            loaded_at: SystemTime::now(),
+            restart_pending: Vec::new(),
+            last_error: None,
+            log_level,
+        }
+    }
+
+    fn file(&self) -> Option<std::path::PathBuf> {
+        match &self.current.source {
+            crate::config::ConfigSource::File(path) => Some(path.clone()),
+            crate::config::ConfigSource::Defaults => None,
+        }
+    }
+
+    fn reload(&mut self, serving: &mut Serving) {
+        let new = match self.current.reload() {
+            Ok(new) => new,
+            Err(err) => {
+                let reason = format!("{err:#}");
+                warn!(error = %reason, "configuration change refused; the running configuration stays");
+                self.last_error = Some(reason);
+                return;
+            }
+        };
+        self.last_error = None;
+        let changed = self.current.changed_keys(&new.config);
+        let live: Vec<&String> = changed.iter().filter(|k| is_live(k)).collect();
+        if live.iter().any(|k| *k == "logging.level")
+            && let Some(level) = &self.log_level
+        {
+            level.set(&new.config.logging.level);
+        }
+        if live.iter().any(|k| k.starts_with("server.")) {
+            serving.edge.update(&new.config.server);
+            *serving
+                .metrics
+                .allow
+                .write()
+                .expect("allow lock is never poisoned") = new.config.server.metrics_allow.clone();
+        }
+        if live.iter().any(|k| k.starts_with("backup.")) {
+            serving.backups.set_config(&new.config.backup);
+            serving.restart_schedules(&new.config);
+        }
+        let started = Loaded {
+            config: self.started_with.clone(),
+            source: new.source.clone(),
+            overrides: new.overrides.clone(),
+        };
+        self.restart_pending = started
+            .changed_keys(&new.config)
+            .into_iter()
+            .filter(|k| !is_live(k))
+            .collect();
+        self.current = new;
+        self.loaded_at = SystemTime::now();
+        info!(applied = ?live, needs_restart = ?self.restart_pending, "configuration reloaded");
+    }
+}
+
 /// Waits for events and acts on them until one ends the daemon.
 async fn event_loop(
     signals: &mut Signals,
     server: &mut postgres::Server,
     serving: &mut Serving,
     context: &StatusContext<'_>,
+    reloader: &mut Reloader,
 ) -> Result<()> {
     let mut pg_status = server.status();
+    let (config_tx, mut config_changed) = mpsc::channel(1);
+    // Kept alive for the loop's life; without a file there is nothing to watch.
+    let _watcher = reloader.file().and_then(|file| match crate::config::watch::watch(&file, config_tx) {
+        Ok(watcher) => Some(watcher),
+        Err(err) => {
+            warn!(file = %file.display(), %err, "cannot watch the config file; SIGHUP still reloads it");
+            None
+        }
+    });
     // Pinged from this loop, so a wedged loop (or supervision gone) stops the
     // pings and systemd restarts us.
     let mut watchdog = systemd::watchdog_interval().map(tokio::time::interval);
@@ -421,6 +560,7 @@ async fn event_loop(
             Some((request, reply)) = serving.control.recv() => Event::Control(request, reply),
             Some(()) = serving.backup_due.recv() => Event::BackupDue,
             Some(()) = serving.drill_due.recv() => Event::DrillDue,
+            Some(()) = config_changed.recv() => Event::Reload,
             _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => Event::Watchdog,
         };
         match event {
@@ -459,7 +599,8 @@ async fn event_loop(
             Event::Control(Request::Status, reply) => {
                 let pg = pg_status.borrow().clone();
                 let _ = reply.send(
-                    serde_json::to_value(context.report(&pg).await).map_err(|e| e.to_string()),
+                    serde_json::to_value(context.report(&pg, reloader).await)
+                        .map_err(|e| e.to_string()),
                 );
             }
             Event::Control(request, reply) => backup_request(&serving.backups, request, reply),
@@ -474,11 +615,7 @@ async fn event_loop(
                     let _ = backups.drill().await;
                 });
             }
-            Event::Reload => {
-                warn!(
-                    "SIGHUP: live configuration reload is not built yet; restart to apply config changes"
-                );
-            }
+            Event::Reload => reloader.reload(serving),
         }
     }
 }
@@ -658,7 +795,7 @@ struct StatusContext<'a> {
 }
 
 impl StatusContext<'_> {
-    async fn report(&self, pg: &postgres::Status) -> StatusReport {
+    async fn report(&self, pg: &postgres::Status, reloader: &Reloader) -> StatusReport {
         let readiness = self.health.check().await;
         let binaries = self.cluster.binaries();
         StatusReport {
@@ -692,7 +829,12 @@ impl StatusContext<'_> {
                 origin: binaries.origin.as_str().to_string(),
                 os_user: self.cluster.account().map(|a| a.name.clone()),
             },
-            backups: self.backup_report(),
+            backups: self.backup_report(&reloader.current.config),
+            config_loaded_at: time::OffsetDateTime::from(reloader.loaded_at)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            restart_pending: reloader.restart_pending.clone(),
+            config_error: reloader.last_error.clone(),
             resources: self.samples.latest().map(|s| ResourceReport {
                 daemon_rss_bytes: s.daemon_rss_bytes,
                 daemon_cpu_percent: s.daemon_cpu_percent,
@@ -706,13 +848,13 @@ impl StatusContext<'_> {
         }
     }
 
-    fn backup_report(&self) -> BackupReport {
+    fn backup_report(&self, current: &Config) -> BackupReport {
         let history = self.backups.history();
         let rfc = |t: time::OffsetDateTime| {
             t.format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default()
         };
-        let next = Schedule::parse(&self.config.backup.schedule)
+        let next = Schedule::parse(&current.backup.schedule)
             .ok()
             .flatten()
             .and_then(|s| s.next_after(&chrono::Local::now()))

@@ -47,7 +47,8 @@ pub struct AppState {
 /// Renders the Prometheus text, for the addresses allowed to read it.
 pub struct MetricsEndpoint {
     pub render: Box<dyn Fn() -> String + Send + Sync>,
-    pub allow: Vec<std::net::IpAddr>,
+    /// Replaced by a config reload.
+    pub allow: std::sync::RwLock<Vec<std::net::IpAddr>>,
 }
 
 /// `GET /metrics`: to allowed addresses only; to anyone else it does not
@@ -57,8 +58,10 @@ async fn metrics(
     api::ClientAddr(peer): api::ClientAddr,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    let allowed =
-        |m: &MetricsEndpoint| peer.is_some_and(|p| m.allow.contains(&p.ip().to_canonical()));
+    let allowed = |m: &MetricsEndpoint| {
+        let allow = m.allow.read().expect("allow lock is never poisoned");
+        peer.is_some_and(|p| allow.contains(&p.ip().to_canonical()))
+    };
     match state.metrics.as_deref().filter(|m| allowed(m)) {
         Some(m) => (
             [(

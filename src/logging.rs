@@ -51,10 +51,22 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Applies a new `[logging] level` (already validated by config).
-    pub fn set_level(&self, level: &str) {
+    /// A handle that changes the level while the daemon runs.
+    #[must_use]
+    pub fn level(&self) -> Level {
+        Level(self.filter.clone())
+    }
+}
+
+/// Changes `[logging] level` at run time (a config reload).
+#[derive(Clone)]
+pub struct Level(reload::Handle<EnvFilter, Registry>);
+
+impl Level {
+    /// Applies a level already validated by config.
+    pub fn set(&self, level: &str) {
         if let Ok(filter) = EnvFilter::try_new(level) {
-            let _ = self.filter.reload(filter);
+            let _ = self.0.reload(filter);
         }
     }
 }

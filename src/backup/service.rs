@@ -29,7 +29,8 @@ pub struct History {
 pub struct Backups {
     cluster: Cluster,
     database: String,
-    store: Store,
+    /// Replaced by a config reload (schedule, retention, recipients).
+    store: std::sync::RwLock<Store>,
     disk_reserve: u64,
     /// Serialises backups, drills and restores: they all use the cluster heavily
     /// and a restore must not race a backup of the database it replaces.
@@ -59,7 +60,7 @@ impl Backups {
         Self {
             cluster,
             database: database.to_string(),
-            store,
+            store: std::sync::RwLock::new(store),
             disk_reserve,
             lock: Arc::new(tokio::sync::Mutex::new(())),
             abort: Arc::new(AtomicBool::new(false)),
@@ -69,8 +70,19 @@ impl Backups {
     }
 
     #[must_use]
-    pub fn store(&self) -> &Store {
-        &self.store
+    pub fn store(&self) -> Store {
+        self.store
+            .read()
+            .expect("store lock is never poisoned")
+            .clone()
+    }
+
+    /// Applies a reloaded `[backup]` section (the directory needs a restart).
+    pub fn set_config(&self, cfg: &crate::config::BackupConfig) {
+        self.store
+            .write()
+            .expect("store lock is never poisoned")
+            .cfg = cfg.clone();
     }
 
     #[must_use]
@@ -152,7 +164,8 @@ impl Backups {
         label: Option<&str>,
         progress: pipeline::Progress,
     ) -> Result<Manifest, Error> {
-        let result = super::create(&self.target(), &self.store, label, &self.abort, progress).await;
+        let result =
+            super::create(&self.target(), &self.store(), label, &self.abort, progress).await;
         let mut history = self.history.lock().expect("history lock");
         match &result {
             Ok(manifest) => history.last_success = Some(manifest.clone()),
@@ -163,7 +176,7 @@ impl Backups {
         }
         drop(history);
         if result.is_ok()
-            && let Err(err) = self.store.prune(OffsetDateTime::now_utc())
+            && let Err(err) = self.store().prune(OffsetDateTime::now_utc())
         {
             warn!(error = %err, "retention failed");
         }
@@ -178,7 +191,7 @@ impl Backups {
         let name = match name {
             Some(name) => name.to_string(),
             None => {
-                self.store
+                self.store()
                     .list()?
                     .into_iter()
                     .next()
@@ -186,19 +199,19 @@ impl Backups {
                     .name
             }
         };
-        super::verify(&self.cluster, &self.store, &name, progress).await
+        super::verify(&self.cluster, &self.store(), &name, progress).await
     }
 
     pub fn prune(&self) -> Result<Vec<String>, Error> {
         let _guard = self.lock.try_lock().map_err(|_| Error::Busy)?;
-        let mut removed = self.store.cleanup()?;
-        removed.extend(self.store.prune(OffsetDateTime::now_utc())?);
+        let mut removed = self.store().cleanup()?;
+        removed.extend(self.store().prune(OffsetDateTime::now_utc())?);
         Ok(removed)
     }
 
     pub async fn drill(&self) -> Result<Manifest, Error> {
         let _guard = self.begin("restore drill")?;
-        let result = super::drill(&self.target(), &self.store).await;
+        let result = super::drill(&self.target(), &self.store()).await;
         let mut history = self.history.lock().expect("history lock");
         match &result {
             Ok(manifest) => {
@@ -242,7 +255,7 @@ impl Backups {
         name: &str,
         progress: pipeline::Progress,
     ) -> Result<RestoreReport, Error> {
-        let manifest = self.store.get(name)?;
+        let manifest = self.store().get(name)?;
         let binary = crate::migrate::latest_known();
         if manifest.schema_version > binary {
             return Err(Error::NewerSchema {
@@ -251,10 +264,16 @@ impl Backups {
                 binary,
             });
         }
-        super::verify(&self.cluster, &self.store, name, pipeline::Progress::none()).await?;
+        super::verify(
+            &self.cluster,
+            &self.store(),
+            name,
+            pipeline::Progress::none(),
+        )
+        .await?;
         let safety = super::create(
             &self.target(),
-            &self.store,
+            &self.store(),
             Some("pre-restore"),
             &self.abort,
             pipeline::Progress::none(),
@@ -272,7 +291,7 @@ impl Backups {
         let incoming = format!("{}_restore_{stamp}", self.database);
         let old = format!("{}_old_{stamp}", self.database);
         if let Err(err) =
-            super::restore_into(&self.target(), &self.store, name, &incoming, progress).await
+            super::restore_into(&self.target(), &self.store(), name, &incoming, progress).await
         {
             let _ = super::drop_database(&self.cluster, &incoming).await;
             return Err(err);

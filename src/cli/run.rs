@@ -9,8 +9,8 @@ use crate::{daemon, logging};
 
 pub async fn run(loaded: Loaded) -> Result<ExitCode> {
     let paths = loaded.config.paths();
-    let _guard = logging::init(&loaded.config.logging, Some(paths.log_dir()))?;
-    match daemon::run(loaded).await {
+    let guard = logging::init(&loaded.config.logging, Some(paths.log_dir()))?;
+    match daemon::run(loaded, Some(guard.level())).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(err) => {
             // Also into the log file: under systemd, stderr is the journal, but

@@ -68,6 +68,17 @@ fn render(r: &StatusReport) -> String {
     let _ = writeln!(out, "  listening: {}", r.listen.join(", "));
     let _ = writeln!(out, "  data dir:  {}", r.data_dir.display());
     let _ = writeln!(out, "  config:    {}", r.config_source);
+    let _ = writeln!(out, "  config at: {}", r.config_loaded_at);
+    if !r.restart_pending.is_empty() {
+        let _ = writeln!(
+            out,
+            "  RESTART PENDING for: {}",
+            r.restart_pending.join(", ")
+        );
+    }
+    if let Some(err) = &r.config_error {
+        let _ = writeln!(out, "  CONFIG CHANGE REFUSED: {err}");
+    }
     let pg = &r.postgres;
     let _ = writeln!(
         out,

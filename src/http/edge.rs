@@ -28,31 +28,57 @@ use crate::config::ServerConfig;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The edge's shared state: limits from `[server]`.
+/// The edge's shared state: limits from `[server]`, replaceable at run time
+/// (a config reload swaps them; requests in flight keep the ones they took).
 pub struct Edge {
+    limits: std::sync::RwLock<Arc<Limits>>,
+    clock: DefaultClock,
+}
+
+struct Limits {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
     auth_limiter: DefaultKeyedRateLimiter<IpAddr>,
-    clock: DefaultClock,
-    in_flight: Semaphore,
+    in_flight: Arc<Semaphore>,
     timeout: Duration,
     trusted_proxies: Vec<IpAddr>,
+}
+
+impl Limits {
+    fn new(cfg: &ServerConfig) -> Self {
+        let quota = |per_minute: u32| {
+            let n = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+            Quota::per_minute(n)
+        };
+        Self {
+            limiter: DefaultKeyedRateLimiter::keyed(quota(cfg.rate_limit_per_minute)),
+            auth_limiter: DefaultKeyedRateLimiter::keyed(quota(cfg.auth_rate_limit_per_minute)),
+            in_flight: Arc::new(Semaphore::new(cfg.max_concurrent_requests)),
+            timeout: cfg.request_timeout,
+            trusted_proxies: cfg.trusted_proxies.clone(),
+        }
+    }
 }
 
 impl Edge {
     #[must_use]
     pub fn new(cfg: &ServerConfig) -> Arc<Self> {
-        let quota = |per_minute: u32| {
-            let n = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
-            Quota::per_minute(n)
-        };
         Arc::new(Self {
-            limiter: DefaultKeyedRateLimiter::keyed(quota(cfg.rate_limit_per_minute)),
-            auth_limiter: DefaultKeyedRateLimiter::keyed(quota(cfg.auth_rate_limit_per_minute)),
+            limits: std::sync::RwLock::new(Arc::new(Limits::new(cfg))),
             clock: DefaultClock::default(),
-            in_flight: Semaphore::new(cfg.max_concurrent_requests),
-            timeout: cfg.request_timeout,
-            trusted_proxies: cfg.trusted_proxies.clone(),
         })
+    }
+
+    /// Applies new `[server]` limits (a config reload). Rate-limit budgets
+    /// start afresh; requests in flight finish under the old limits.
+    pub fn update(&self, cfg: &ServerConfig) {
+        *self.limits.write().expect("limits lock is never poisoned") = Arc::new(Limits::new(cfg));
+    }
+
+    fn limits(&self) -> Arc<Limits> {
+        self.limits
+            .read()
+            .expect("limits lock is never poisoned")
+            .clone()
     }
 
     /// Every minute until `stop`, forgets clients not seen for a while, so
@@ -64,15 +90,18 @@ impl Edge {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        edge.limiter.retain_recent();
-                        edge.auth_limiter.retain_recent();
+                        let limits = edge.limits();
+                        limits.limiter.retain_recent();
+                        limits.auth_limiter.retain_recent();
                     }
                     () = stop.cancelled() => return,
                 }
             }
         });
     }
+}
 
+impl Limits {
     fn client(&self, req: &Request) -> Option<IpAddr> {
         let peer = req
             .extensions()
@@ -121,14 +150,15 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
     let method = req.method().clone();
     let span = tracing::info_span!("request", request_id = %id.to_str().unwrap_or(""), method = %req.method(), path = %path);
     let started = Instant::now();
-    let client = edge.client(&req);
+    let limits = edge.limits();
+    let client = limits.client(&req);
 
     let mut response = async {
         if let Some(ip) = client.filter(|_| !is_probe(&path)) {
             let limiter = if path.starts_with("/api/v1/auth/") {
-                &edge.auth_limiter
+                &limits.auth_limiter
             } else {
-                &edge.limiter
+                &limits.limiter
             };
             if let Err(not_until) = limiter.check_key(&ip) {
                 let wait = not_until.wait_time_from(edge.clock.now());
@@ -142,14 +172,14 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
         }
         // Shed, don't queue: past the limit a request gets 503 at once, so a
         // burst cannot pile up latency for everyone.
-        let Ok(_permit) = edge.in_flight.try_acquire() else {
+        let Ok(_permit) = limits.in_flight.try_acquire() else {
             tracing::warn!("over the concurrency limit; shedding");
             return ApiError::Overloaded.into_response();
         };
-        if let Ok(response) = tokio::time::timeout(edge.timeout, next.run(req)).await {
+        if let Ok(response) = tokio::time::timeout(limits.timeout, next.run(req)).await {
             response
         } else {
-            tracing::warn!(timeout = ?edge.timeout, "request timed out");
+            tracing::warn!(timeout = ?limits.timeout, "request timed out");
             ApiError::Timeout.into_response()
         }
     }

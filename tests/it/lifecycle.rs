@@ -366,3 +366,119 @@ fn systemd_hears_ready_watchdog_pings_and_stopping() {
     assert!(stopping, "no STOPPING=1");
     assert!(daemon.wait_exit(Duration::from_secs(30)).success());
 }
+
+#[test]
+fn config_changes_apply_live_or_are_reported_and_bad_ones_are_refused() {
+    let data = DataDir::new();
+    let file = data.path().join("pagodirecto.toml");
+    std::fs::write(&file, "[logging]\nlevel = \"info\"\n").expect("config");
+    let file_arg = file.to_str().expect("utf8").to_string();
+    let mut daemon = data.spawn(&["--config", &file_arg]);
+    daemon.wait_ready(Duration::from_secs(60));
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&ok_stdout(
+            &data.cli(&["status", "--json"]), // no --config: the file may be invalid on purpose
+        ))
+        .expect("json")
+    };
+    let first = status()["config_loaded_at"]
+        .as_str()
+        .expect("loaded at")
+        .to_string();
+
+    // Saved the way editors save: a new file renamed over the old one.
+    let save = |text: &str| {
+        let tmp = data.path().join(".pagodirecto.toml.tmp");
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, &file).expect("rename");
+    };
+    save(
+        "[logging]\nlevel = \"debug\"\n[server]\nauth_rate_limit_per_minute = 5\nlisten = [\"127.0.0.1:0\", \"127.0.0.1:0\"]\n",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let reloaded = loop {
+        let s = status();
+        if s["config_loaded_at"].as_str() != Some(first.as_str()) {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the change was not picked up: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // --listen on the command line still wins, so only what the file changed is pending.
+    assert_eq!(
+        reloaded["restart_pending"],
+        serde_json::json!([]),
+        "{reloaded}"
+    );
+    assert!(
+        daemon.log().contains("configuration reloaded"),
+        "{}",
+        daemon.log()
+    );
+    // The new auth rate limit applies at once: the sixth request in a minute is refused.
+    let codes: Vec<u16> = (0..6)
+        .map(|_| {
+            let addr = daemon.addr.clone().expect("addr");
+            crate::support::http_get(&addr, "/api/v1/auth/me")
+                .expect("get")
+                .0
+        })
+        .collect();
+    assert_eq!(codes[5], 429, "{codes:?}");
+
+    // A key that needs a restart is reported as such.
+    save(
+        "[logging]\nlevel = \"debug\"\n[server]\nauth_rate_limit_per_minute = 5\n[limits]\npool_size = 8\n",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status();
+        if s["restart_pending"] == serde_json::json!(["limits.pool_size"]) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no restart pending reported: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // An invalid change is refused with the reason, and the daemon keeps serving.
+    save("[limits]\npool_size = \"lots\"\n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status();
+        if let Some(err) = s["config_error"].as_str() {
+            assert!(err.contains("limits.pool_size"), "{err}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bad change was not reported: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(daemon.get("/ready").0, 200);
+
+    // SIGHUP reloads too (after fixing the file).
+    std::fs::write(&file, "[logging]\nlevel = \"info\"\n").expect("write");
+    std::thread::sleep(Duration::from_millis(600));
+    daemon.signal(Signal::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !status()["config_error"].is_null() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fixed config was not reloaded"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        daemon.try_wait().is_none(),
+        "SIGHUP does not stop the daemon"
+    );
+    assert!(daemon.stop().success());
+}
