@@ -501,11 +501,12 @@ impl Reloader {
         }
         if live.iter().any(|k| k.starts_with("server.")) {
             serving.edge.update(&new.config.server);
-            *serving
+            let mut allow = serving
                 .metrics
                 .allow
                 .write()
-                .expect("allow lock is never poisoned") = new.config.server.metrics_allow.clone();
+                .expect("allow lock is never poisoned");
+            allow.clone_from(&new.config.server.metrics_allow);
         }
         if live.iter().any(|k| k.starts_with("backup.")) {
             serving.backups.set_config(&new.config.backup);
