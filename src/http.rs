@@ -79,6 +79,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(api::customers::get, api::customers::update))
         .routes(routes!(api::customers::archive))
         .routes(routes!(api::audit::list))
+        .routes(routes!(api::users::list, api::users::create))
+        .routes(routes!(api::users::get, api::users::update))
         .split_for_parts()
 }
 

@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod auth;
 pub mod customers;
+pub mod users;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};

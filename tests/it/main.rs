@@ -13,6 +13,7 @@ mod support;
 
 mod api;
 mod api_support;
+mod api_users;
 mod binaries;
 mod cli;
 mod lifecycle;
