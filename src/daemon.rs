@@ -30,7 +30,7 @@ use crate::lock::DataDirLock;
 use crate::paths::Paths;
 use crate::postgres::{self, Cluster, State};
 use crate::secrets::SecretFile;
-use crate::{crm, fsutil, http, migrate};
+use crate::{crm, demo, fsutil, http, migrate};
 
 /// Where the application role's password is kept, under `Paths::secrets_dir`.
 pub const APP_SECRET: &str = "postgres-app.password";
@@ -46,8 +46,15 @@ enum Event {
     Reload,
 }
 
+/// How this start differs from a plain one (flags of `pagodirecto run`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Seed the demo data set (see [`crate::demo`]) before serving.
+    pub demo: bool,
+}
+
 /// Runs the appliance until SIGTERM/SIGINT (`Ok`) or an unrecoverable failure.
-pub async fn run(loaded: Loaded) -> Result<()> {
+pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
     let started = Instant::now();
     let Loaded { config, source } = loaded;
     let paths = config.paths();
@@ -76,7 +83,9 @@ pub async fn run(loaded: Loaded) -> Result<()> {
                 return Ok(None);
             }
         }
-        start_serving(&config, &paths, &cluster).await.map(Some)
+        start_serving(&config, &paths, &cluster, options)
+            .await
+            .map(Some)
     };
     let mut serving = match starting.await {
         Ok(Some(serving)) => serving,
@@ -130,11 +139,19 @@ struct Serving {
 }
 
 /// Migrates, opens the pool, binds the listeners and the control socket.
-async fn start_serving(config: &Config, paths: &Paths, cluster: &Cluster) -> Result<Serving> {
+async fn start_serving(
+    config: &Config,
+    paths: &Paths,
+    cluster: &Cluster,
+    options: Options,
+) -> Result<Serving> {
     let owner = cluster.account().map(|a| (a.uid, a.gid));
     let app_password = SecretFile::new(&paths.secrets_dir(), APP_SECRET).load_or_create(owner)?;
     bootstrap(cluster, config, &app_password).await?;
     ensure_first_owner(cluster, config, paths).await?;
+    if options.demo {
+        seed_demo(cluster, config, paths).await?;
+    }
     let keys =
         SigningKeys::load_or_create(&paths.secrets_dir(), config.auth.access_token_ttl, owner)
             .context("loading the token signing keys")?;
@@ -345,6 +362,43 @@ async fn ensure_first_owner(cluster: &Cluster, config: &Config, paths: &Paths) -
     }
     Ok(())
 }
+
+/// `--demo`: seeds the demo data set unless it is there, before the API
+/// serves, so the first request already sees it. Its users' password is
+/// shown like the first owner's: on a terminal, else in a 0600 file.
+async fn seed_demo(cluster: &Cluster, config: &Config, paths: &Paths) -> Result<()> {
+    let name = &config.database.name;
+    let (mut client, connection) = cluster
+        .superuser_config(name)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to database {name}"))?;
+    let conn = tokio::spawn(connection);
+    let started = Instant::now();
+    let seeded = demo::seed(&mut client)
+        .await
+        .context("seeding the demo data")?;
+    drop(client);
+    let _ = conn.await;
+    let Some(seeded) = seeded else {
+        info!("demo data already present; nothing added");
+        return Ok(());
+    };
+    info!(elapsed = ?started.elapsed(), users = seeded.users.len(), "demo data seeded");
+    let text = seeded.announcement();
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        print!("\n{text}\n");
+    } else {
+        let file = paths.secrets_dir().join(DEMO_USERS_FILE);
+        fsutil::write_atomic(&file, text.as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", file.display()))?;
+        info!(file = %file.display(), "demo users' one-time password is in this file");
+    }
+    Ok(())
+}
+
+/// Where the demo users' password goes when there is no terminal.
+pub const DEMO_USERS_FILE: &str = "demo-users.txt";
 
 /// The tenant and owner the first start creates.
 pub const FIRST_TENANT: &str = "default";

@@ -36,6 +36,7 @@
 //!   permission table.
 //! - [`crm`]: tenants and users created by the appliance and the CLI (as
 //!   the superuser; the API goes through RLS instead).
+//! - [`demo`]: the `run --demo` data set, seeded set-based as the superuser.
 //! - [`health`]: readiness checks shared by `/ready` and `status`.
 //! - [`http`]: the axum router and server.
 //! - [`control`]: the control socket protocol (server and client).
@@ -60,6 +61,7 @@ pub mod config;
 pub mod control;
 pub mod crm;
 pub mod daemon;
+pub mod demo;
 pub mod fsutil;
 pub mod health;
 pub mod http;

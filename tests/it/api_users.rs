@@ -1,11 +1,14 @@
 //! `/api/v1/users` against the real daemon: who may create and change whom,
 //! deactivation that bites at once, tenant isolation, no password hash in
-//! any answer.
+//! any answer; and `run --demo`, seeded once however often it starts.
+
+use std::time::Duration;
 
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::api_support::{Crm, PASSWORD, Resp};
+use crate::support::{DataDir, sql};
 
 /// Fails when a response carries anything that looks like a password hash.
 #[track_caller]
@@ -385,4 +388,126 @@ fn deactivation_ends_access_at_once_and_lists_stay_in_their_tenant() {
         json!({"email": "leaver@x.org", "name": "Copycat", "role": "viewer"}),
     )
     .expect_problem(409, "conflict");
+}
+
+/// Customers in one tenant, counted by paging through the API (active and
+/// archived), with their ids.
+fn all_customers(crm: &Crm, token: &str) -> Vec<Value> {
+    let mut ids = Vec::new();
+    for archived in [false, true] {
+        let mut path = format!("/api/v1/customers?limit=200&archived={archived}");
+        loop {
+            let page = crm.get(token, &path).expect(200).body;
+            ids.extend(
+                page["items"]
+                    .as_array()
+                    .expect("items")
+                    .iter()
+                    .map(|c| c["id"].clone()),
+            );
+            match page["next_cursor"].as_str() {
+                Some(cursor) => {
+                    path =
+                        format!("/api/v1/customers?limit=200&archived={archived}&cursor={cursor}");
+                }
+                None => break,
+            }
+        }
+    }
+    ids
+}
+
+const COUNTS: &str = "SELECT (SELECT count(*) FROM tenancy.tenants) || ' ' || \
+     (SELECT count(*) FROM iam.users) || ' ' || \
+     (SELECT count(*) FROM customers.customers) || ' ' || \
+     (SELECT count(*) FROM customers.contacts) || ' ' || \
+     (SELECT count(*) FROM sales.deals) || ' ' || \
+     (SELECT count(*) FROM activities.activities) || ' ' || \
+     (SELECT count(*) FROM payments.payments)";
+
+#[test]
+fn demo_data_is_seeded_once_and_serves_each_tenant_its_own() {
+    let data = DataDir::new();
+    let mut daemon = data.spawn(&["--demo"]);
+    daemon.wait_ready(Duration::from_secs(60));
+    let text = std::fs::read_to_string(data.path().join("secrets/demo-users.txt"))
+        .expect("the demo users' file");
+    let password = text
+        .split_whitespace()
+        .skip_while(|w| *w != "password")
+        .nth(1)
+        .expect("password in file")
+        .to_string();
+    for email in ["owner", "admin", "agent", "viewer"].iter().flat_map(|r| {
+        [
+            format!("{r}@andes.example"),
+            format!("{r}@pacifico.example"),
+        ]
+    }) {
+        assert!(text.contains(&email), "{email} missing from:\n{text}");
+    }
+    let crm = Crm::attach(data, daemon);
+
+    let (viewer, _) = crm.login("viewer@andes.example", &password);
+    let andes = all_customers(&crm, &viewer);
+    assert_eq!(andes.len(), 2000, "every customer once, across pages");
+    let (agent, _) = crm.login("agent@pacifico.example", &password);
+    let pacifico = all_customers(&crm, &agent);
+    assert_eq!(pacifico.len(), 2000);
+    assert!(
+        pacifico.iter().all(|id| !andes.contains(id)),
+        "tenants share no customer"
+    );
+    let users = crm.get(&viewer, "/api/v1/users").status;
+    assert_eq!(users, 403, "a demo viewer is a real viewer");
+    let (admin, _) = crm.login("admin@andes.example", &password);
+    let team = no_hash(crm.get(&admin, "/api/v1/users").expect(200)).body;
+    assert_eq!(team["items"].as_array().expect("items").len(), 4);
+
+    // Shape of the rest, per tenant: contacts 1–3 per customer, the five
+    // currencies, payments in several states.
+    let shape = sql(
+        &crm.data,
+        "SELECT t.name || ':' || \
+           (SELECT count(*) FROM customers.contacts c WHERE c.tenant_id = t.id) || ':' || \
+           (SELECT count(*) FROM sales.deals d WHERE d.tenant_id = t.id) || ':' || \
+           (SELECT count(*) FROM activities.activities a WHERE a.tenant_id = t.id) || ':' || \
+           (SELECT count(*) FROM payments.payments p WHERE p.tenant_id = t.id) || ':' || \
+           (SELECT count(DISTINCT status) FROM payments.payments p WHERE p.tenant_id = t.id) \
+         FROM tenancy.tenants t WHERE t.name LIKE 'Demo %' ORDER BY t.name",
+    );
+    for line in shape.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        let n = |i: usize| fields[i].parse::<u32>().expect("count");
+        assert!((2000..=6000).contains(&n(1)), "contacts: {line}");
+        assert_eq!((n(2), n(3), n(4)), (1500, 3000, 1500), "{line}");
+        assert_eq!(n(5), 5, "payment statuses: {line}");
+    }
+    assert_eq!(shape.lines().count(), 2, "{shape}");
+    assert_eq!(
+        sql(
+            &crm.data,
+            "SELECT string_agg(DISTINCT currency, ',' ORDER BY currency) FROM sales.deals"
+        ),
+        "CLP,COP,MXN,PEN,USD"
+    );
+    let before = sql(&crm.data, COUNTS);
+
+    // A second start with --demo adds nothing and shows no new password.
+    let Crm { data, daemon, .. } = crm;
+    assert!(daemon.stop().success());
+    let mut daemon = data.spawn(&["--demo"]);
+    daemon.wait_ready(Duration::from_secs(60));
+    assert!(
+        daemon.log().contains("demo data already present"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(sql(&data, COUNTS), before);
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("secrets/demo-users.txt")).expect("file"),
+        text,
+        "the password is not replaced"
+    );
+    drop(daemon);
 }
