@@ -219,6 +219,10 @@ fn owners_and_admins_manage_users_within_the_role_rules() {
             json!({"email": "q@x.org", "name": "Q", "role": "viewer", "password": "short"}),
             "password",
         ),
+        (
+            json!({"email": "q@x.org", "name": "Q", "role": "viewer", "password": "p".repeat(1025)}),
+            "password",
+        ),
     ] {
         let problem = crm
             .post(&second_token, "/api/v1/users", body)

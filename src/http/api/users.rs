@@ -32,6 +32,10 @@ use crate::http::error::{ApiError, Problem};
 /// the lockout counters (bookkeeping of the login endpoint).
 const COLUMNS: &str = "id, email, name, role, active, version, created_at, updated_at";
 
+/// The login endpoint refuses longer passwords outright, so a user created
+/// with one could never log in.
+const MAX_PASSWORD_BYTES: usize = 1024;
+
 /// Length of a generated one-time password: 24 hex digits, 96 bits.
 const GENERATED_PASSWORD_LEN: usize = 24;
 
@@ -185,12 +189,13 @@ pub async fn create(
     let address = email("email", &body.email)?;
     let name = text("name", &body.name, 1, 200)?;
     if let Some(password) = &body.password
-        && password.chars().count() < authn::MIN_PASSWORD_LEN
+        && (password.chars().count() < authn::MIN_PASSWORD_LEN
+            || password.len() > MAX_PASSWORD_BYTES)
     {
         return Err(ApiError::validation(
             "password",
             format!(
-                "password must be at least {} characters",
+                "password must be {} characters to {MAX_PASSWORD_BYTES} bytes",
                 authn::MIN_PASSWORD_LEN
             ),
         ));
