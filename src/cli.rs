@@ -47,6 +47,10 @@ pub enum Command {
         /// Address to listen on; repeat for several [default: 127.0.0.1:8080]
         #[arg(long, value_name = "ADDR")]
         listen: Vec<SocketAddr>,
+        /// Seed a demo data set (two tenants, thousands of customers) unless
+        /// it is there already; the demo users' password is shown once
+        #[arg(long)]
+        demo: bool,
     },
     /// Show what the running daemon is doing
     Status {
@@ -189,7 +193,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         command,
     } = cli;
     let listen = match &command {
-        Command::Run { listen } => listen.clone(),
+        Command::Run { listen, .. } => listen.clone(),
         _ => Vec::new(),
     };
     let load = || {
@@ -203,7 +207,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     };
     match command {
         Command::Config { action } => config_cmd::run(&action, load()),
-        Command::Run { .. } => runtime.block_on(run::run(load()?)),
+        Command::Run { demo, .. } => runtime.block_on(run::run(load()?, demo)),
         Command::Status { json } => runtime.block_on(status::run(&load()?, json)),
         Command::Metrics => runtime.block_on(status::metrics(&load()?)),
         Command::Logs {

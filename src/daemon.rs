@@ -34,7 +34,7 @@ use crate::lock::DataDirLock;
 use crate::paths::Paths;
 use crate::postgres::{self, Cluster, State};
 use crate::secrets::SecretFile;
-use crate::{crm, fsutil, http, logging, migrate, systemd, telemetry};
+use crate::{crm, demo, fsutil, http, logging, migrate, systemd, telemetry};
 
 /// Where the application role's password is kept, under `Paths::secrets_dir`.
 pub const APP_SECRET: &str = "postgres-app.password";
@@ -55,8 +55,18 @@ enum Event {
     Reload,
 }
 
+/// How this start differs from a plain one (flags of `pagodirecto run`),
+/// and handles the caller keeps (the log level, for config reloads).
+#[derive(Clone, Default)]
+pub struct Options {
+    /// Seed the demo data set (see [`crate::demo`]) before serving.
+    pub demo: bool,
+    /// Changes the log level when `[logging] level` is reloaded.
+    pub log_level: Option<logging::Level>,
+}
+
 /// Runs the appliance until SIGTERM/SIGINT (`Ok`) or an unrecoverable failure.
-pub async fn run(loaded: Loaded, log_level: Option<logging::Level>) -> Result<()> {
+pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
     let started = Instant::now();
     let Loaded { config, source, .. } = loaded.clone();
     let paths = config.paths();
@@ -87,7 +97,7 @@ pub async fn run(loaded: Loaded, log_level: Option<logging::Level>) -> Result<()
                 return Ok(None);
             }
         }
-        start_serving(&config, &paths, &cluster, server.status())
+        start_serving(&config, &paths, &cluster, server.status(), options.demo)
             .await
             .map(Some)
     };
@@ -125,7 +135,7 @@ pub async fn run(loaded: Loaded, log_level: Option<logging::Level>) -> Result<()
         bound: serving.bound.clone(),
         started,
     };
-    let mut reloader = Reloader::new(loaded, log_level);
+    let mut reloader = Reloader::new(loaded, options.log_level.clone());
     let outcome = event_loop(
         &mut signals,
         &mut server,
@@ -171,12 +181,16 @@ async fn start_serving(
     paths: &Paths,
     cluster: &Cluster,
     pg_status: watch::Receiver<postgres::Status>,
+    demo: bool,
 ) -> Result<Serving> {
     let owner = cluster.account().map(|a| (a.uid, a.gid));
     let app_password = SecretFile::new(&paths.secrets_dir(), APP_SECRET).load_or_create(owner)?;
     systemd::status("migrating the database");
     bootstrap(cluster, config, &app_password).await?;
     ensure_first_owner(cluster, config, paths).await?;
+    if demo {
+        seed_demo(cluster, config, paths).await?;
+    }
     let keys =
         SigningKeys::load_or_create(&paths.secrets_dir(), config.auth.access_token_ttl, owner)
             .context("loading the token signing keys")?;
@@ -737,6 +751,43 @@ async fn ensure_first_owner(cluster: &Cluster, config: &Config, paths: &Paths) -
     }
     Ok(())
 }
+
+/// `--demo`: seeds the demo data set unless it is there, before the API
+/// serves, so the first request already sees it. Its users' password is
+/// shown like the first owner's: on a terminal, else in a 0600 file.
+async fn seed_demo(cluster: &Cluster, config: &Config, paths: &Paths) -> Result<()> {
+    let name = &config.database.name;
+    let (mut client, connection) = cluster
+        .superuser_config(name)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to database {name}"))?;
+    let conn = tokio::spawn(connection);
+    let started = Instant::now();
+    let seeded = demo::seed(&mut client)
+        .await
+        .context("seeding the demo data")?;
+    drop(client);
+    let _ = conn.await;
+    let Some(seeded) = seeded else {
+        info!("demo data already present; nothing added");
+        return Ok(());
+    };
+    info!(elapsed = ?started.elapsed(), users = seeded.users.len(), "demo data seeded");
+    let text = seeded.announcement();
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        print!("\n{text}\n");
+    } else {
+        let file = paths.secrets_dir().join(DEMO_USERS_FILE);
+        fsutil::write_atomic(&file, text.as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", file.display()))?;
+        info!(file = %file.display(), "demo users' one-time password is in this file");
+    }
+    Ok(())
+}
+
+/// Where the demo users' password goes when there is no terminal.
+pub const DEMO_USERS_FILE: &str = "demo-users.txt";
 
 /// The tenant and owner the first start creates.
 pub const FIRST_TENANT: &str = "default";

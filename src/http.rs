@@ -134,6 +134,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(api::audit::list))
         .routes(routes!(api::system::list, api::system::create))
         .routes(routes!(api::system::resources))
+        .routes(routes!(api::users::list, api::users::create))
+        .routes(routes!(api::users::get, api::users::update))
         .split_for_parts()
 }
 

@@ -42,6 +42,7 @@
 //!   permission table.
 //! - [`crm`]: tenants and users created by the appliance and the CLI (as
 //!   the superuser; the API goes through RLS instead).
+//! - [`demo`]: the `run --demo` data set, seeded set-based as the superuser.
 //! - [`health`]: readiness checks shared by `/ready` and `status`.
 //! - [`telemetry`]: the Prometheus recorder and the resource sampler (the
 //!   last hour of daemon and postgres memory/CPU and disk free).
@@ -81,6 +82,7 @@ pub mod postgres;
 pub mod migrate;
 pub mod auth;
 pub mod crm;
+pub mod demo;
 pub mod backup;
 pub mod health;
 pub mod telemetry;

@@ -7,10 +7,18 @@ use anyhow::Result;
 use crate::config::Loaded;
 use crate::{daemon, logging};
 
-pub async fn run(loaded: Loaded) -> Result<ExitCode> {
+pub async fn run(loaded: Loaded, demo: bool) -> Result<ExitCode> {
     let paths = loaded.config.paths();
     let guard = logging::init(&loaded.config.logging, Some(paths.log_dir()))?;
-    match daemon::run(loaded, Some(guard.level())).await {
+    match daemon::run(
+        loaded,
+        daemon::Options {
+            demo,
+            log_level: Some(guard.level()),
+        },
+    )
+    .await
+    {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(err) => {
             // Also into the log file: under systemd, stderr is the journal, but

@@ -18,6 +18,7 @@ mod list;
 mod money;
 pub mod payments;
 pub mod system;
+pub mod users;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};

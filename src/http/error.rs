@@ -32,6 +32,10 @@ pub enum ApiError {
     BadCredentials,
     #[error("this action needs the {permission} permission")]
     Forbidden { permission: &'static str },
+    /// The caller has the permission, but not for this target (an admin
+    /// changing an owner, anyone demoting themselves).
+    #[error("{0}")]
+    NotAllowed(String),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -103,7 +107,9 @@ impl ApiError {
                 "Authentication required",
             ),
             Self::BadCredentials => (StatusCode::UNAUTHORIZED, "bad-credentials", "Login failed"),
-            Self::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            Self::Forbidden { .. } | Self::NotAllowed(_) => {
+                (StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+            }
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             Self::PreconditionFailed => (

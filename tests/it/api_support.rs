@@ -77,6 +77,11 @@ impl Crm {
     pub fn start() -> Self {
         let data = DataDir::new();
         let daemon = data.start();
+        Self::attach(data, daemon)
+    }
+
+    /// Wraps a daemon that is already ready, logging in its first owner.
+    pub fn attach(data: DataDir, daemon: Daemon) -> Self {
         let base = format!("http://{}", daemon.addr.clone().expect("ready").trim());
         let http = Client::builder()
             .timeout(std::time::Duration::from_secs(30))

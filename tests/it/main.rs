@@ -15,6 +15,7 @@ mod api;
 mod api_resources;
 mod api_support;
 mod backup;
+mod api_users;
 mod binaries;
 mod cli;
 mod lifecycle;
