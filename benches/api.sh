@@ -98,8 +98,24 @@ LUA
 load0=$(cut -d' ' -f1 /proc/loadavg)
 echo "== warm-up: ${WARMUP}s (load average $load0)"
 PD_TOKEN=$token wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" -s "$data/bench.lua" "$url" >/dev/null
+# CPU time, in clock ticks, of all processes (from /proc/stat) and of the
+# daemon with its postgres processes: what is left over during the run was
+# used by something else on the machine, which the figures must be read with.
+busy() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+ours() {
+    local pm pids=$daemon_pid
+    pm=$(pgrep -P "$daemon_pid" postgres | head -1) && pids="$pids $pm $(pgrep -P "$pm" | tr '\n' ' ')"
+    for p in $pids; do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null; done | awk '{s += $1} END {print s}'
+}
 echo "== API: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s GET /api/v1/customers?limit=50"
-PD_TOKEN=$token wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$data/bench.lua" "$url" | tee "$data/wrk.out"
+busy0=$(busy) ours0=$(ours)
+TIMEFORMAT='%U %S' # wrk's own CPU seconds, from bash's `time`
+{ time PD_TOKEN=$token wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$data/bench.lua" "$url" >"$data/wrk.out"; } 2>"$data/wrk.time"
+busy1=$(busy) ours1=$(ours)
+cat "$data/wrk.out"
+hz=$(getconf CLK_TCK)
+others=$(awk -v b="$((busy1 - busy0))" -v o="$((ours1 - ours0))" -v hz="$hz" -v d="$DURATION" -v n="$(nproc)" \
+    '{w = ($1 + $2) * hz; x = b - o - w; if (x < 0) x = 0; printf "%.0f", 100 * x / (hz * d * n)}' "$data/wrk.time")
 result=$(grep '^RESULT' "$data/wrk.out")
 rps=$(sed -n 's/.*rps=\([0-9.]*\).*/\1/p' <<<"$result")
 p50=$(sed -n 's/.*p50_us=\([0-9]*\).*/\1/p' <<<"$result")
@@ -138,10 +154,11 @@ PGUSER=pagodirecto_app PGPASSWORD=$(cat "$data/secrets/postgres-app.password") "
 replay=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$data/replay.out" | tail -1)
 
 awk -v rps="$rps" -v p50="$p50" -v p99="$p99" -v tps="$tps" -v non2xx="$non2xx" -v d="$DURATION" -v c="$CONNECTIONS" \
-    -v replay="$replay" -v load0="$load0" -v load1="$(cut -d' ' -f1 /proc/loadavg)" -v cpus="$(nproc)" '
+    -v replay="$replay" -v load0="$load0" -v others="$others" -v cpus="$(nproc)" '
 BEGIN {
     ratio = 100 * rps / tps
-    printf "\n== results (%ss each, same machine, same PostgreSQL; %d CPUs, load average %s at start, %s at end)\n", d, cpus, load0, load1
+    printf "\n== results (%ss each, same machine, same PostgreSQL; %d CPUs, load average %s before the run;\n", d, cpus, load0
+    printf "   other processes used %s %% of the CPUs during the API measurement)\n", others
     printf "API  GET /api/v1/customers?limit=50, %d connections: %.0f req/s, p50 %.2f ms, p99 %.2f ms, non-2xx %d\n", c, rps, p50 / 1000, p99 / 1000, non2xx
     printf "pgbench -S: %.0f TPS\n", tps
     printf "ratio API/pgbench: %.1f %%\n", ratio
