@@ -594,6 +594,10 @@ async fn event_loop(
                 let up = status.state == State::Ready;
                 if *serving.postgres_up.borrow() != up {
                     if up {
+                        if let Some(pool) = &serving.health.pool {
+                            // Every pooled connection died with the old server.
+                            pool.retain(|_, _| false);
+                        }
                         info!(restarts = status.restarts, "postgres is back; ready again");
                         systemd::status("serving");
                     } else {
@@ -802,8 +806,11 @@ fn pool(cluster: &Cluster, config: &Config, app_password: &str) -> Result<deadpo
     let manager = deadpool_postgres::Manager::from_config(
         pg,
         tokio_postgres::NoTls,
+        // Fast: no check query per checkout (a round trip per request).
+        // Connections a postgres restart broke are dropped when it comes
+        // back (see `Event::PostgresChanged`), not discovered one by one.
         deadpool_postgres::ManagerConfig {
-            recycling_method: deadpool_postgres::RecyclingMethod::Verified,
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
         },
     );
     deadpool_postgres::Pool::builder(manager)

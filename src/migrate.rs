@@ -184,7 +184,10 @@ pub async fn set_app_password(client: &Client, password: &str) -> Result<(), Err
     let literal = password.replace('\'', "''");
     client
         .batch_execute(&format!(
-            "ALTER ROLE {APP_ROLE} WITH LOGIN PASSWORD '{literal}'"
+            // Generic plans for the API's prepared statements: re-planning every
+            // list query cost more than running it (docs/api-benchmark.md).
+            "ALTER ROLE {APP_ROLE} WITH LOGIN PASSWORD '{literal}'; \
+             ALTER ROLE {APP_ROLE} SET plan_cache_mode = force_generic_plan"
         ))
         .await
         .map_err(db("setting the application role's password"))

@@ -306,6 +306,10 @@ impl Backups {
             .inspect_err(|_| {
                 warn!("the swap failed; the previous database is still in place");
             })?;
+        // The pool's connections were to the database that was swapped out.
+        if let Some(pool) = self.health.as_ref().and_then(|h| h.pool.as_ref()) {
+            pool.retain(|_, _| false);
+        }
         if let Err(err) = super::drop_database(&self.cluster, &old).await {
             warn!(error = %err, database = old, "could not drop the replaced database; drop it by hand");
         }
