@@ -745,15 +745,12 @@ async fn ensure_first_owner(cluster: &Cluster, config: &Config, paths: &Paths) -
         "PagoDirecto first start: log in as {FIRST_OWNER} with password {password}\n\
          (tenant {FIRST_TENANT:?}; change it, or add users with `pagodirecto user add`)\n"
     );
-    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        print!("\n{text}\n");
-    } else {
-        let file = paths.secrets_dir().join(INITIAL_OWNER_FILE);
-        fsutil::write_atomic(&file, text.as_bytes(), 0o600)
-            .with_context(|| format!("writing {}", file.display()))?;
-        info!(file = %file.display(), email = FIRST_OWNER, "first start: the owner's one-time password is in this file; delete it after logging in");
-    }
-    Ok(())
+    show_once(
+        paths,
+        INITIAL_OWNER_FILE,
+        &text,
+        "first start: the owner's one-time password is in this file; delete it after logging in",
+    )
 }
 
 /// `--demo`: seeds the demo data set unless it is there, before the API
@@ -779,14 +776,27 @@ async fn seed_demo(cluster: &Cluster, config: &Config, paths: &Paths) -> Result<
     };
     info!(elapsed = ?started.elapsed(), users = seeded.users.len(), "demo data seeded");
     let text = seeded.announcement();
+    show_once(
+        paths,
+        DEMO_USERS_FILE,
+        &text,
+        "the demo users' one-time password is in this file",
+    )
+}
+
+/// Shows a generated credential once, never through the log: on a terminal
+/// it is printed there; otherwise (under systemd, where stdout is the
+/// journal) it goes to a 0600 file in the secrets dir and only the file's
+/// path is logged.
+fn show_once(paths: &Paths, file: &str, text: &str, what: &str) -> Result<()> {
     if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         print!("\n{text}\n");
-    } else {
-        let file = paths.secrets_dir().join(DEMO_USERS_FILE);
-        fsutil::write_atomic(&file, text.as_bytes(), 0o600)
-            .with_context(|| format!("writing {}", file.display()))?;
-        info!(file = %file.display(), "demo users' one-time password is in this file");
+        return Ok(());
     }
+    let file = paths.secrets_dir().join(file);
+    fsutil::write_atomic(&file, text.as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", file.display()))?;
+    info!(file = %file.display(), "{what}");
     Ok(())
 }
 
