@@ -310,9 +310,14 @@ impl Backups {
         if let Some(pool) = self.health.as_ref().and_then(|h| h.pool.as_ref()) {
             pool.retain(|_, _| false);
         }
-        if let Err(err) = super::drop_database(&self.cluster, &old).await {
-            warn!(error = %err, database = old, "could not drop the replaced database; drop it by hand");
-        }
+        // Dropping the replaced database takes seconds on a large one; the
+        // API need not wait in maintenance for it.
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            if let Err(err) = super::drop_database(&cluster, &old).await {
+                warn!(error = %err, database = old, "could not drop the replaced database; drop it by hand");
+            }
+        });
         info!(backup = name, "restore complete");
         Ok(RestoreReport {
             restored: manifest,
