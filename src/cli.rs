@@ -47,6 +47,10 @@ pub enum Command {
         /// Address to listen on; repeat for several [default: 127.0.0.1:8080]
         #[arg(long, value_name = "ADDR")]
         listen: Vec<SocketAddr>,
+        /// Serve the web app from DIR (re-read on every request) instead of
+        /// the copy built into the binary: for frontend work (assets/dist)
+        #[arg(long, value_name = "DIR")]
+        dev_assets: Option<PathBuf>,
     },
     /// Show what the running daemon is doing
     Status {
@@ -187,7 +191,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         command,
     } = cli;
     let listen = match &command {
-        Command::Run { listen } => listen.clone(),
+        Command::Run { listen, .. } => listen.clone(),
         _ => Vec::new(),
     };
     let load = || {
@@ -201,7 +205,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     };
     match command {
         Command::Config { action } => config_cmd::run(&action, load()),
-        Command::Run { .. } => runtime.block_on(run::run(load()?)),
+        Command::Run { dev_assets, .. } => runtime.block_on(run::run(load()?, dev_assets)),
         Command::Status { json } => runtime.block_on(status::run(&load()?, json)),
         Command::Logs {
             follow,

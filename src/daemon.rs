@@ -11,6 +11,7 @@
 //! them into [`Event`]s, so nothing below imports `daemon`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -51,14 +52,23 @@ enum Event {
     Reload,
 }
 
+/// How this start differs from a plain one (flags of `pagodirecto run`).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Serve the web app from this directory, re-read on every request,
+    /// instead of the copy embedded in the binary (frontend development).
+    pub dev_assets: Option<PathBuf>,
+}
+
 /// Runs the appliance until SIGTERM/SIGINT (`Ok`) or an unrecoverable failure.
-pub async fn run(loaded: Loaded) -> Result<()> {
+pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
     let started = Instant::now();
     let Loaded { config, source } = loaded;
     let paths = config.paths();
     info!(version = env!("CARGO_PKG_VERSION"), config = %source, data_dir = %paths.data_dir().display(), "starting");
 
     let mut signals = Signals::new()?;
+    let assets = web_assets(options.dev_assets)?;
     fsutil::ensure_dir(paths.data_dir(), 0o700)
         .with_context(|| format!("creating the data dir {}", paths.data_dir().display()))?;
     let _lock = DataDirLock::acquire(&paths.lock_file(), paths.data_dir())?;
@@ -81,7 +91,9 @@ pub async fn run(loaded: Loaded) -> Result<()> {
                 return Ok(None);
             }
         }
-        start_serving(&config, &paths, &cluster).await.map(Some)
+        start_serving(&config, &paths, &cluster, assets)
+            .await
+            .map(Some)
     };
     let mut serving = match starting.await {
         Ok(Some(serving)) => serving,
@@ -140,7 +152,12 @@ struct Serving {
 }
 
 /// Migrates, opens the pool, binds the listeners and the control socket.
-async fn start_serving(config: &Config, paths: &Paths, cluster: &Cluster) -> Result<Serving> {
+async fn start_serving(
+    config: &Config,
+    paths: &Paths,
+    cluster: &Cluster,
+    assets: http::assets::Assets,
+) -> Result<Serving> {
     let owner = cluster.account().map(|a| (a.uid, a.gid));
     let app_password = SecretFile::new(&paths.secrets_dir(), APP_SECRET).load_or_create(owner)?;
     bootstrap(cluster, config, &app_password).await?;
@@ -205,10 +222,13 @@ async fn start_serving(config: &Config, paths: &Paths, cluster: &Cluster) -> Res
         auth: config.auth.clone(),
         backups: Some(backups.clone()),
     });
-    let router = http::router(http::AppState {
-        health: health.clone(),
-        api,
-    });
+    let router = http::router_with_assets(
+        http::AppState {
+            health: health.clone(),
+            api,
+        },
+        assets,
+    );
     let http = tokio::spawn(http::serve(
         listeners,
         router,
@@ -228,6 +248,22 @@ async fn start_serving(config: &Config, paths: &Paths, cluster: &Cluster) -> Res
         http,
         stop_control,
     })
+}
+
+/// The web app's files: embedded, or `--dev-assets DIR`, which must hold a
+/// build (an `index.html`) so a typo fails the start instead of every page.
+fn web_assets(dev: Option<PathBuf>) -> Result<http::assets::Assets> {
+    let Some(dir) = dev else {
+        return Ok(http::assets::Assets::embedded());
+    };
+    let assets = http::assets::Assets::dir(dir.clone());
+    anyhow::ensure!(
+        assets.has_index(),
+        "--dev-assets {}: no index.html there (build the app first: npm run build in assets/web)",
+        dir.display()
+    );
+    warn!(dir = %dir.display(), "dev mode: serving the web app from disk, re-read on every request");
+    Ok(assets)
 }
 
 impl Serving {

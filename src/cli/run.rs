@@ -1,5 +1,6 @@
 //! `pagodirecto run`: logging, then the daemon. Nothing else.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -7,10 +8,10 @@ use anyhow::Result;
 use crate::config::Loaded;
 use crate::{daemon, logging};
 
-pub async fn run(loaded: Loaded) -> Result<ExitCode> {
+pub async fn run(loaded: Loaded, dev_assets: Option<PathBuf>) -> Result<ExitCode> {
     let paths = loaded.config.paths();
     let _guard = logging::init(&loaded.config.logging, Some(paths.log_dir()))?;
-    match daemon::run(loaded).await {
+    match daemon::run(loaded, daemon::Options { dev_assets }).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(err) => {
             // Also into the log file: under systemd, stderr is the journal, but
