@@ -79,7 +79,9 @@ export function Pipeline() {
                   <li key={deal.id} className="deal" data-deal={deal.title}>
                     <strong>{deal.title}</strong>
                     <span className="amount">{money(deal.amount_minor, deal.currency)}</span>
-                    <Link href={`/customers/${deal.customer_id}`}>Customer</Link>
+                    <Link href={`/customers/${deal.customer_id}`} aria-label={`Customer of “${deal.title}”`}>
+                      Customer
+                    </Link>
                     <label className="move">
                       <span className="sr-only">Move “{deal.title}” to stage</span>
                       <select
