@@ -16,5 +16,6 @@ mod api_resources;
 mod api_support;
 mod backup;
 mod binaries;
+mod browser;
 mod cli;
 mod lifecycle;
