@@ -37,7 +37,8 @@
 //! - [`crm`]: tenants and users created by the appliance and the CLI (as
 //!   the superuser; the API goes through RLS instead).
 //! - [`health`]: readiness checks shared by `/ready` and `status`.
-//! - [`http`]: the axum router and server.
+//! - [`http`]: the axum router and server; `http::assets` serves the web
+//!   app (`assets/dist`, embedded at compile time) as its fallback.
 //! - [`control`]: the control socket protocol (server and client).
 //! - [`logging`]: tracing to stderr and daily files; reading them back.
 //! - [`lock`], [`secrets`], [`fsutil`]: the data-dir lock, generated secrets,
@@ -53,6 +54,9 @@
 //! - Only `daemon` wires subsystems; lower modules get a config section,
 //!   `Paths`, a cancellation token and channels, never the whole `Config`.
 //! - `http` and `control` are the only modules that serialise to the outside.
+//! - A request path reaches the filesystem only in `--dev-assets` mode, and
+//!   there only inside its directory; otherwise the web app is looked up by
+//!   name among the files embedded at build time.
 
 pub mod auth;
 pub mod backup;
