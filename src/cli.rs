@@ -51,6 +51,10 @@ pub enum Command {
         /// it is there already; the demo users' password is shown once
         #[arg(long)]
         demo: bool,
+        /// Serve the web app from DIR (re-read on every request) instead of
+        /// the copy built into the binary: for frontend work (assets/dist)
+        #[arg(long, value_name = "DIR")]
+        dev_assets: Option<PathBuf>,
     },
     /// Show what the running daemon is doing
     Status {
@@ -207,7 +211,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     };
     match command {
         Command::Config { action } => config_cmd::run(&action, load()),
-        Command::Run { demo, .. } => runtime.block_on(run::run(load()?, demo)),
+        Command::Run {
+            demo, dev_assets, ..
+        } => runtime.block_on(run::run(load()?, demo, dev_assets)),
         Command::Status { json } => runtime.block_on(status::run(&load()?, json)),
         Command::Metrics => runtime.block_on(status::metrics(&load()?)),
         Command::Logs {

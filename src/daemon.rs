@@ -11,6 +11,7 @@
 //! them into [`Event`]s, so nothing below imports `daemon`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -61,6 +62,9 @@ enum Event {
 pub struct Options {
     /// Seed the demo data set (see [`crate::demo`]) before serving.
     pub demo: bool,
+    /// Serve the web app from this directory, re-read on every request,
+    /// instead of the copy embedded in the binary (frontend development).
+    pub dev_assets: Option<PathBuf>,
     /// Changes the log level when `[logging] level` is reloaded.
     pub log_level: Option<logging::Level>,
 }
@@ -73,6 +77,7 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
     info!(version = env!("CARGO_PKG_VERSION"), config = %source, data_dir = %paths.data_dir().display(), "starting");
 
     let mut signals = Signals::new()?;
+    let assets = web_assets(options.dev_assets)?;
     fsutil::ensure_dir(paths.data_dir(), 0o700)
         .with_context(|| format!("creating the data dir {}", paths.data_dir().display()))?;
     let _lock = DataDirLock::acquire(&paths.lock_file(), paths.data_dir())?;
@@ -97,9 +102,16 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
                 return Ok(None);
             }
         }
-        start_serving(&config, &paths, &cluster, server.status(), options.demo)
-            .await
-            .map(Some)
+        start_serving(
+            &config,
+            &paths,
+            &cluster,
+            server.status(),
+            options.demo,
+            assets,
+        )
+        .await
+        .map(Some)
     };
     let mut serving = match starting.await {
         Ok(Some(serving)) => serving,
@@ -176,12 +188,14 @@ struct Serving {
 }
 
 /// Migrates, opens the pool, binds the listeners and the control socket.
+#[allow(clippy::too_many_lines)] // the start sequence, in order; each step is a call
 async fn start_serving(
     config: &Config,
     paths: &Paths,
     cluster: &Cluster,
     pg_status: watch::Receiver<postgres::Status>,
     demo: bool,
+    assets: http::assets::Assets,
 ) -> Result<Serving> {
     let owner = cluster.account().map(|a| (a.uid, a.gid));
     let app_password = SecretFile::new(&paths.secrets_dir(), APP_SECRET).load_or_create(owner)?;
@@ -257,12 +271,15 @@ async fn start_serving(
     let edge = http::edge::Edge::new(&config.server);
     let metrics = metrics_endpoint(config, &health, &backups, pg_status.clone());
     spawn_sampler(&samples, paths, pg_status, stop_http.clone());
-    let router = http::router(http::AppState {
-        health: health.clone(),
-        api,
-        edge: edge.clone(),
-        metrics: Some(metrics.clone()),
-    });
+    let router = http::router_with_assets(
+        http::AppState {
+            health: health.clone(),
+            api,
+            edge: edge.clone(),
+            metrics: Some(metrics.clone()),
+        },
+        assets,
+    );
     edge.forget_idle_clients_until(stop_http.clone());
     let http = tokio::spawn(http::serve(
         listeners,
@@ -286,6 +303,22 @@ async fn start_serving(
         http,
         stop_control,
     })
+}
+
+/// The web app's files: embedded, or `--dev-assets DIR`, which must hold a
+/// build (an `index.html`) so a typo fails the start instead of every page.
+fn web_assets(dev: Option<PathBuf>) -> Result<http::assets::Assets> {
+    let Some(dir) = dev else {
+        return Ok(http::assets::Assets::embedded());
+    };
+    let assets = http::assets::Assets::dir(dir.clone());
+    anyhow::ensure!(
+        assets.has_index(),
+        "--dev-assets {}: no index.html there (build the app first: npm run build in assets/web)",
+        dir.display()
+    );
+    warn!(dir = %dir.display(), "dev mode: serving the web app from disk, re-read on every request");
+    Ok(assets)
 }
 
 impl Serving {

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod edge;
+pub mod assets;
 pub mod error;
 mod health;
 
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, Method, Uri};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -140,7 +142,15 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 }
 
 /// One function builds the whole app, so tests drive it without a socket.
+/// The web app is the one embedded in this binary.
 pub fn router(state: AppState) -> Router {
+    router_with_assets(state, assets::Assets::embedded())
+}
+
+/// [`router`] with the web app's files from `assets` (the daemon passes a
+/// directory in dev mode). An argument rather than an `AppState` field: the
+/// handlers never need it, only the fallback does.
+pub fn router_with_assets(state: AppState, assets: assets::Assets) -> Router {
     let (api, openapi) = api();
     let openapi = Arc::new(openapi);
     Router::new()
@@ -157,7 +167,12 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .merge(api)
-        .fallback(|| async { error::ApiError::NotFound("route") })
+        // Everything else is the web app; `assets::serve` keeps the API's
+        // problem+json 404 for unknown paths under the daemon's own prefixes.
+        .fallback(move |method: Method, uri: Uri, headers: HeaderMap| {
+            let assets = assets.clone();
+            async move { assets::serve(&assets, &method, &uri, &headers).await }
+        })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(
             state.edge.clone(),

@@ -48,7 +48,9 @@
 //!   last hour of daemon and postgres memory/CPU and disk free).
 //! - [`http`]: the axum router and server; `http::api::*` one module per
 //!   resource, all through `http::api::Scoped` (the tenant-scoped
-//!   transaction) and `http::error::ApiError` (problem+json).
+//!   transaction) and `http::error::ApiError` (problem+json); `http::edge`
+//!   is the proxy layer; `http::assets` serves the web app (`assets/dist`,
+//!   embedded at compile time) as the fallback.
 //! - [`control`]: the control socket protocol (server and client).
 //! - [`logging`]: tracing to stderr and daily files; reading them back.
 //! - [`systemd`]: READY/STATUS/STOPPING/WATCHDOG notifications (no-ops
@@ -72,6 +74,9 @@
 //!   until `iam.begin_request` scopes its transaction.
 //! - A backup is good only once its manifest exists, which is written after
 //!   the file is fsynced, renamed and verified.
+//! - A request path reaches the filesystem only in `--dev-assets` mode, and
+//!   there only inside its directory; otherwise the web app is looked up by
+//!   name among the files embedded at build time.
 
 pub mod cli;
 pub mod config;

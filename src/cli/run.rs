@@ -1,5 +1,6 @@
 //! `pagodirecto run`: logging, then the daemon. Nothing else.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -7,13 +8,14 @@ use anyhow::Result;
 use crate::config::Loaded;
 use crate::{daemon, logging};
 
-pub async fn run(loaded: Loaded, demo: bool) -> Result<ExitCode> {
+pub async fn run(loaded: Loaded, demo: bool, dev_assets: Option<PathBuf>) -> Result<ExitCode> {
     let paths = loaded.config.paths();
     let guard = logging::init(&loaded.config.logging, Some(paths.log_dir()))?;
     match daemon::run(
         loaded,
         daemon::Options {
             demo,
+            dev_assets,
             log_level: Some(guard.level()),
         },
     )

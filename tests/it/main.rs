@@ -17,5 +17,6 @@ mod api_support;
 mod backup;
 mod api_users;
 mod binaries;
+mod browser;
 mod cli;
 mod lifecycle;
