@@ -99,6 +99,11 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Token signing keys
+    Auth {
+        #[command(subcommand)]
+        action: AuthAction,
+    },
     /// Manage tenants
     Tenant {
         #[command(subcommand)]
@@ -143,6 +148,13 @@ pub enum PostgresAction {
     },
     /// Show which PostgreSQL binaries would be used and why, and what is installed
     Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthAction {
+    /// Sign new access tokens with a new key; tokens signed with the old one
+    /// stay valid until they expire (no one is logged out)
+    RotateKey,
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,6 +228,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => runtime.block_on(run::run(load()?, demo, dev_assets)),
         Command::Status { json } => runtime.block_on(status::run(&load()?, json)),
         Command::Metrics => runtime.block_on(status::metrics(&load()?)),
+        Command::Auth {
+            action: AuthAction::RotateKey,
+        } => runtime.block_on(users::rotate_key(load()?)),
         Command::Logs {
             follow,
             lines,

@@ -36,6 +36,9 @@ pub enum Request {
     },
     /// The Prometheus text, as `/metrics` serves it.
     Metrics,
+    /// Start signing access tokens with a new key; the old ones keep
+    /// verifying until the tokens they signed expire.
+    RotateKey,
 }
 
 /// The answer to [`Request::Status`].

@@ -172,6 +172,8 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
 /// What runs once postgres is up: HTTP, the control socket, backups.
 struct Serving {
     health: Arc<Health>,
+    api: Arc<http::ApiState>,
+    secrets_dir: std::path::PathBuf,
     edge: Arc<http::edge::Edge>,
     samples: telemetry::Samples,
     metrics: Arc<http::MetricsEndpoint>,
@@ -262,7 +264,7 @@ async fn start_serving(
     let samples = telemetry::Samples::default();
     let api = Arc::new(http::ApiState {
         pool: health.pool.clone().expect("the daemon's health has a pool"),
-        keys,
+        keys: std::sync::RwLock::new(keys),
         auth: config.auth.clone(),
         backups: Some(backups.clone()),
         samples: samples.clone(),
@@ -274,7 +276,7 @@ async fn start_serving(
     let router = http::router_with_assets(
         http::AppState {
             health: health.clone(),
-            api,
+            api: api.clone(),
             edge: edge.clone(),
             metrics: Some(metrics.clone()),
         },
@@ -288,6 +290,8 @@ async fn start_serving(
         config.server.drain_timeout,
     ));
     Ok(Serving {
+        api: api.clone(),
+        secrets_dir: paths.secrets_dir(),
         health,
         edge,
         samples,
@@ -648,6 +652,20 @@ async fn event_loop(
                     serde_json::json!({ "text": (serving.metrics.render)() }),
                 ));
             }
+            Event::Control(Request::RotateKey, reply) => {
+                let owner = context.cluster.account().map(|a| (a.uid, a.gid));
+                let rotated = SigningKeys::rotate(
+                    &serving.secrets_dir,
+                    serving.api.auth.access_token_ttl,
+                    owner,
+                );
+                let answer = rotated.map(|keys| {
+                    *serving.api.keys.write().expect("keys lock is never poisoned") = keys;
+                    info!("rotated the token signing key; tokens signed with the old one stay valid until they expire");
+                    serde_json::json!({ "rotated": true })
+                });
+                let _ = reply.send(answer.map_err(|e| format!("{:#}", anyhow::Error::from(e))));
+            }
             Event::Control(Request::Status, reply) => {
                 let pg = pg_status.borrow().clone();
                 let _ = reply.send(
@@ -683,7 +701,7 @@ fn backup_request(
     tokio::spawn(async move {
         let none = pipeline::Progress::none;
         let answer = match request {
-            Request::Status | Request::Metrics => Ok(serde_json::Value::Null), // answered by the event loop
+            Request::Status | Request::Metrics | Request::RotateKey => Ok(serde_json::Value::Null), // answered by the event loop
             Request::BackupCreate { label } => {
                 backups.create(label.as_deref(), none()).await.map(json)
             }

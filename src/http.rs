@@ -81,7 +81,8 @@ async fn metrics(
 pub struct ApiState {
     /// Connects as the application role; see `http::api::Scoped`.
     pub pool: deadpool_postgres::Pool,
-    pub keys: SigningKeys,
+    /// Replaced when the signing key is rotated (`pagodirecto auth rotate-key`).
+    pub keys: std::sync::RwLock<SigningKeys>,
     pub auth: AuthConfig,
     /// Absent in tests that build a router without a cluster.
     pub backups: Option<Arc<crate::backup::Backups>>,
@@ -244,7 +245,7 @@ pub(crate) mod tests {
             SigningKeys::load_or_create(dir.path(), Duration::from_secs(900), None).expect("keys");
         Arc::new(ApiState {
             pool,
-            keys,
+            keys: std::sync::RwLock::new(keys),
             auth: AuthConfig::default(),
             backups: None,
             samples: crate::telemetry::Samples::default(),

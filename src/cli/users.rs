@@ -125,3 +125,28 @@ fn read_password(prompt: &str) -> Result<String> {
     }
     Ok(password)
 }
+
+/// `pagodirecto auth rotate-key`: through the running daemon (which starts
+/// signing with the new key at once), or on the key file when none runs.
+pub async fn rotate_key(loaded: Loaded) -> Result<ExitCode> {
+    super::init_cli_logging(&loaded);
+    let socket = loaded.config.paths().control_socket();
+    match crate::control::call(&socket, &crate::control::Request::RotateKey).await {
+        Ok(_) => {}
+        Err(crate::control::Error::NotRunning { .. }) => {
+            let owner =
+                crate::postgres::account::resolve(loaded.config.database.os_user.as_deref())?
+                    .map(|a| (a.uid, a.gid));
+            crate::auth::SigningKeys::rotate(
+                &loaded.config.paths().secrets_dir(),
+                loaded.config.auth.access_token_ttl,
+                owner,
+            )?;
+        }
+        Err(err) => return Err(err.into()),
+    }
+    println!(
+        "rotated the token signing key; tokens signed with the previous key stay valid until they expire"
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -60,6 +60,8 @@ impl FromRequestParts<AppState> for Auth {
         let claims = state
             .api
             .keys
+            .read()
+            .expect("keys lock is never poisoned")
             .verify(token.trim())
             .map_err(|_| ApiError::Unauthenticated)?;
         Ok(Self {

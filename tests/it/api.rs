@@ -709,3 +709,32 @@ fn urlencode(text: &str) -> String {
         })
         .collect()
 }
+
+#[test]
+fn rotating_the_signing_key_keeps_existing_tokens_valid() {
+    let crm = Crm::start();
+    let before = crm.owner.clone();
+    let kid = |token: &str| decode_part(token.split('.').next().expect("header"))["kid"].clone();
+    crate::support::ok_stdout(&crm.data.cli(&["auth", "rotate-key"]));
+    crm.get(&before, "/api/v1/auth/me").expect(200);
+    let text =
+        std::fs::read_to_string(crm.data.path().join("secrets/initial-owner.txt")).expect("file");
+    let password = text
+        .split_whitespace()
+        .skip_while(|w| *w != "password")
+        .nth(1)
+        .expect("password")
+        .to_string();
+    let (after, _) = crm.login("owner@pagodirecto.local", &password);
+    assert_ne!(kid(&after), kid(&before), "new tokens use the new key");
+    crm.get(&after, "/api/v1/auth/me").expect(200);
+    let keys: Value = serde_json::from_str(
+        &std::fs::read_to_string(crm.data.path().join("secrets/jwt-keys.json")).expect("keys"),
+    )
+    .expect("json");
+    assert_eq!(
+        keys.as_array().expect("array").len(),
+        2,
+        "the old key is kept until its tokens expire"
+    );
+}

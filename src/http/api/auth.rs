@@ -217,6 +217,8 @@ async fn issue(
     let access_token = state
         .api
         .keys
+        .read()
+        .expect("keys lock is never poisoned")
         .sign(&claims)
         .map_err(|e| ApiError::Internal(e.into()))?;
     let (refresh_token, hash) = authn::new_refresh_token();
