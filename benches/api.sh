@@ -58,6 +58,10 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 echo "== starting pagodirecto run --demo on $data"
+# One load generator on one address is not a crowd of clients: lift the
+# per-client rate limit (1200/min by default) so it measures the API, not
+# the limiter's 429s.
+PAGODIRECTO_SERVER__RATE_LIMIT_PER_MINUTE=100000000 \
 "$bin" run --demo --listen 127.0.0.1:0 --data-dir "$data" >"$data/daemon.out" 2>&1 &
 daemon_pid=$!
 addr=
