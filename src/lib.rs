@@ -9,24 +9,27 @@
 //! ```text
 //! pagodirecto run
 //!  ├─ supervisor ── postgres (child, own process group, unprivileged user)
-//!  ├─ HTTP server: /api/v1/* (JWT, roles, RLS-isolated tenants), /openapi.json,
-//!  │               /health /ready
+//!  ├─ HTTP server: edge (request ids, headers, rate limits, shedding) →
+//!  │               /api/v1/* (JWT, roles, RLS-isolated tenants), /openapi.json,
+//!  │               /health /ready /metrics, the web app (embedded SPA)
 //!  ├─ control socket (unix, 0600): the CLI talks to the running daemon
-//!  └─ schedules: backups (cron) with retention, restore drills
+//!  ├─ schedules: backups (cron) with retention, restore drills
+//!  └─ watchers: config file (+ SIGHUP), resource sampler, systemd watchdog
 //! ```
 //!
 //! Start: config → logging → lock the data dir → find (or download)
 //! PostgreSQL binaries → initdb on first start → start postgres as a child and
 //! wait until it accepts connections → create the database and migrate (under
-//! an advisory lock) → open the pool → bind listeners → serve. Stop
-//! (SIGTERM/SIGINT): stop accepting, drain, stop postgres, exit 0.
+//! an advisory lock) → first owner (and `--demo` data) → open the pool →
+//! bind listeners → READY=1 → serve. Stop (SIGTERM/SIGINT): stop accepting,
+//! drain, abort a running backup, stop postgres, exit 0.
 //!
 //! ## Code map (calls go down, events go up)
 //!
 //! - `main.rs`: parses the command line, maps the outcome to an exit code.
 //! - [`cli`]: one module per subcommand; builds the runtime.
 //! - [`config`]: the TOML file + `PAGODIRECTO_*` environment + flags, validated
-//!   in the only constructor, `Config::load`.
+//!   in the only constructor, `Config::load`; `config::watch` notices edits.
 //! - [`paths`]: every on-disk location, derived from the data dir.
 //! - [`daemon`]: the composition root and event loop; the only module that
 //!   knows every other one.
