@@ -447,6 +447,35 @@ pub fn email(field: &str, value: &str) -> Result<String, ApiError> {
     }
 }
 
+/// The archive action every CRM resource shares: `If-Match` required, the
+/// archive permission, `archived_at` set once (archiving twice keeps the first
+/// time), 404 when the row is not visible and 412 when the version is stale.
+#[allow(clippy::too_many_arguments)] // a table description, not a grab bag
+pub async fn archive_row<T: serde::Serialize>(
+    state: &AppState,
+    auth: Auth,
+    headers: &HeaderMap,
+    id: Uuid,
+    table: &'static str,
+    columns: &str,
+    what: &'static str,
+    from_row: fn(&tokio_postgres::Row) -> T,
+    version: fn(&T) -> i32,
+) -> Result<Response, ApiError> {
+    let expected = if_match(headers)?;
+    let db = Scoped::begin(state, auth, Permission::CrmArchive, headers).await?;
+    let sql = format!(
+        "UPDATE {table} SET archived_at = coalesce(archived_at, now()) WHERE id = $1 AND version = $2 RETURNING {columns}"
+    );
+    let row = db.client().query_opt(&sql, &[&id, &expected]).await?;
+    let Some(row) = row else {
+        return Err(missing_or_stale(&db, table, id, what).await);
+    };
+    db.commit().await?;
+    let item = from_row(&row);
+    Ok(with_etag(version(&item), axum::Json(item)))
+}
+
 /// After an update matched no row: 404 if the row is not visible, else the
 /// version was stale (412).
 pub async fn missing_or_stale(db: &Scoped, table: &str, id: Uuid, what: &'static str) -> ApiError {

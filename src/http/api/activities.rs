@@ -19,8 +19,8 @@ use uuid::Uuid;
 
 use super::list::ListQuery;
 use super::{
-    ApiJson, ApiPath, ApiQuery, Auth, Cursor, Page, Scoped, created, double_option, if_match,
-    missing_or_stale, optional_text, page, text, with_etag,
+    ApiJson, ApiPath, ApiQuery, Auth, Cursor, Page, Scoped, archive_row, created, double_option,
+    if_match, missing_or_stale, optional_text, page, text, with_etag,
 };
 use crate::auth::Permission;
 use crate::http::AppState;
@@ -388,21 +388,18 @@ pub async fn archive(
     headers: HeaderMap,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    let version = if_match(&headers)?;
-    let db = Scoped::begin(&state, auth, Permission::CrmArchive, &headers).await?;
-    let row = db
-        .client()
-        .query_opt(
-            &format!("UPDATE {TABLE} SET archived_at = coalesce(archived_at, now()) WHERE id = $1 AND version = $2 RETURNING {COLUMNS}"),
-            &[&id, &version],
-        )
-        .await?;
-    let Some(row) = row else {
-        return Err(missing_or_stale(&db, TABLE, id, "activity").await);
-    };
-    db.commit().await?;
-    let activity = Activity::from_row(&row);
-    Ok(with_etag(activity.version, Json(activity)))
+    archive_row(
+        &state,
+        auth,
+        &headers,
+        id,
+        TABLE,
+        COLUMNS,
+        "activity",
+        Activity::from_row,
+        |activity| activity.version,
+    )
+    .await
 }
 
 #[cfg(test)]

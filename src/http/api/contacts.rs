@@ -18,8 +18,8 @@ use uuid::Uuid;
 
 use super::list::ListQuery;
 use super::{
-    ApiJson, ApiPath, ApiQuery, Auth, Cursor, Page, Scoped, created, double_option, email,
-    if_match, missing_or_stale, optional_text, page, text, with_etag,
+    ApiJson, ApiPath, ApiQuery, Auth, Cursor, Page, Scoped, archive_row, created, double_option,
+    email, if_match, missing_or_stale, optional_text, page, text, with_etag,
 };
 use crate::auth::Permission;
 use crate::http::AppState;
@@ -278,19 +278,16 @@ pub async fn archive(
     headers: HeaderMap,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    let version = if_match(&headers)?;
-    let db = Scoped::begin(&state, auth, Permission::CrmArchive, &headers).await?;
-    let row = db
-        .client()
-        .query_opt(
-            &format!("UPDATE {TABLE} SET archived_at = coalesce(archived_at, now()) WHERE id = $1 AND version = $2 RETURNING {COLUMNS}"),
-            &[&id, &version],
-        )
-        .await?;
-    let Some(row) = row else {
-        return Err(missing_or_stale(&db, TABLE, id, "contact").await);
-    };
-    db.commit().await?;
-    let contact = Contact::from_row(&row);
-    Ok(with_etag(contact.version, Json(contact)))
+    archive_row(
+        &state,
+        auth,
+        &headers,
+        id,
+        TABLE,
+        COLUMNS,
+        "contact",
+        Contact::from_row,
+        |contact| contact.version,
+    )
+    .await
 }

@@ -12,8 +12,8 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::{
-    ApiJson, ApiPath, ApiQuery, Auth, Cursor, Page, Scoped, created, double_option, email,
-    if_match, like_pattern, missing_or_stale, optional_text, page, text, with_etag,
+    ApiJson, ApiPath, ApiQuery, Auth, Cursor, Page, Scoped, archive_row, created, double_option,
+    email, if_match, like_pattern, missing_or_stale, optional_text, page, text, with_etag,
 };
 use crate::auth::Permission;
 use crate::http::AppState;
@@ -307,19 +307,16 @@ pub async fn archive(
     headers: HeaderMap,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    let version = if_match(&headers)?;
-    let db = Scoped::begin(&state, auth, Permission::CrmArchive, &headers).await?;
-    let row = db
-        .client()
-        .query_opt(
-            &format!("UPDATE customers.customers SET archived_at = coalesce(archived_at, now()) WHERE id = $1 AND version = $2 RETURNING {COLUMNS}"),
-            &[&id, &version],
-        )
-        .await?;
-    let Some(row) = row else {
-        return Err(missing_or_stale(&db, "customers.customers", id, "customer").await);
-    };
-    db.commit().await?;
-    let customer = Customer::from_row(&row);
-    Ok(with_etag(customer.version, Json(customer)))
+    archive_row(
+        &state,
+        auth,
+        &headers,
+        id,
+        "customers.customers",
+        COLUMNS,
+        "customer",
+        Customer::from_row,
+        |customer| customer.version,
+    )
+    .await
 }
