@@ -447,6 +447,33 @@ pub fn email(field: &str, value: &str) -> Result<String, ApiError> {
     }
 }
 
+/// The read every CRM resource shares: the read permission, the row as
+/// the tenant sees it (404 otherwise), its version as the `ETag`.
+#[allow(clippy::too_many_arguments)] // a table description, not a grab bag
+pub async fn get_row<T: serde::Serialize>(
+    state: &AppState,
+    auth: Auth,
+    headers: &HeaderMap,
+    id: Uuid,
+    table: &'static str,
+    columns: &str,
+    what: &'static str,
+    from_row: fn(&tokio_postgres::Row) -> T,
+    version: fn(&T) -> i32,
+) -> Result<Response, ApiError> {
+    let db = Scoped::begin(state, auth, Permission::CrmRead, headers).await?;
+    let row = db
+        .client()
+        .query_opt(
+            &format!("SELECT {columns} FROM {table} WHERE id = $1"),
+            &[&id],
+        )
+        .await?;
+    db.commit().await?;
+    let item = from_row(&row.ok_or(ApiError::NotFound(what))?);
+    Ok(with_etag(version(&item), axum::Json(item)))
+}
+
 /// The archive action every CRM resource shares: `If-Match` required, the
 /// archive permission, `archived_at` set once (archiving twice keeps the first
 /// time), 404 when the row is not visible and 412 when the version is stale.

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::list::ListQuery;
 use super::{
     ApiJson, ApiPath, ApiQuery, Auth, Cursor, Page, Scoped, archive_row, created, double_option,
-    if_match, missing_or_stale, optional_text, page, text, with_etag,
+    get_row, if_match, missing_or_stale, optional_text, page, text, with_etag,
 };
 use crate::auth::Permission;
 use crate::http::AppState;
@@ -293,17 +293,18 @@ pub async fn get(
     headers: HeaderMap,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    let db = Scoped::begin(&state, auth, Permission::CrmRead, &headers).await?;
-    let row = db
-        .client()
-        .query_opt(
-            &format!("SELECT {COLUMNS} FROM {TABLE} WHERE id = $1"),
-            &[&id],
-        )
-        .await?;
-    db.commit().await?;
-    let activity = Activity::from_row(&row.ok_or(ApiError::NotFound("activity"))?);
-    Ok(with_etag(activity.version, Json(activity)))
+    get_row(
+        &state,
+        auth,
+        &headers,
+        id,
+        TABLE,
+        COLUMNS,
+        "activity",
+        Activity::from_row,
+        |activity| activity.version,
+    )
+    .await
 }
 
 #[utoipa::path(patch, path = "/api/v1/activities/{id}", tag = "activities", params(("id" = Uuid, Path)), request_body = ActivityUpdate,

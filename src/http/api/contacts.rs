@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::list::ListQuery;
 use super::{
     ApiJson, ApiPath, ApiQuery, Auth, Cursor, Page, Scoped, archive_row, created, double_option,
-    email, if_match, missing_or_stale, optional_text, page, text, with_etag,
+    email, get_row, if_match, missing_or_stale, optional_text, page, text, with_etag,
 };
 use crate::auth::Permission;
 use crate::http::AppState;
@@ -188,17 +188,18 @@ pub async fn get(
     headers: HeaderMap,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    let db = Scoped::begin(&state, auth, Permission::CrmRead, &headers).await?;
-    let row = db
-        .client()
-        .query_opt(
-            &format!("SELECT {COLUMNS} FROM {TABLE} WHERE id = $1"),
-            &[&id],
-        )
-        .await?;
-    db.commit().await?;
-    let contact = Contact::from_row(&row.ok_or(ApiError::NotFound("contact"))?);
-    Ok(with_etag(contact.version, Json(contact)))
+    get_row(
+        &state,
+        auth,
+        &headers,
+        id,
+        TABLE,
+        COLUMNS,
+        "contact",
+        Contact::from_row,
+        |contact| contact.version,
+    )
+    .await
 }
 
 #[utoipa::path(patch, path = "/api/v1/contacts/{id}", tag = "contacts", params(("id" = Uuid, Path)), request_body = ContactUpdate,

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{
     ApiJson, ApiPath, ApiQuery, Auth, Cursor, Page, Scoped, archive_row, created, double_option,
-    email, if_match, like_pattern, missing_or_stale, optional_text, page, text, with_etag,
+    email, get_row, if_match, like_pattern, missing_or_stale, optional_text, page, text, with_etag,
 };
 use crate::auth::Permission;
 use crate::http::AppState;
@@ -213,17 +213,18 @@ pub async fn get(
     headers: HeaderMap,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    let db = Scoped::begin(&state, auth, Permission::CrmRead, &headers).await?;
-    let row = db
-        .client()
-        .query_opt(
-            &format!("SELECT {COLUMNS} FROM customers.customers WHERE id = $1"),
-            &[&id],
-        )
-        .await?;
-    db.commit().await?;
-    let customer = Customer::from_row(&row.ok_or(ApiError::NotFound("customer"))?);
-    Ok(with_etag(customer.version, Json(customer)))
+    get_row(
+        &state,
+        auth,
+        &headers,
+        id,
+        "customers.customers",
+        COLUMNS,
+        "customer",
+        Customer::from_row,
+        |customer| customer.version,
+    )
+    .await
 }
 
 #[utoipa::path(patch, path = "/api/v1/customers/{id}", tag = "customers", params(("id" = Uuid, Path)), request_body = CustomerUpdate,

@@ -20,8 +20,8 @@ use uuid::Uuid;
 use super::list::ListQuery;
 use super::money::{amount, currency};
 use super::{
-    ApiJson, ApiPath, ApiQuery, Auth, Cursor, Page, Scoped, archive_row, created, if_match,
-    missing_or_stale, page, text, with_etag,
+    ApiJson, ApiPath, ApiQuery, Auth, Cursor, Page, Scoped, archive_row, created, get_row,
+    if_match, missing_or_stale, page, text, with_etag,
 };
 use crate::auth::Permission;
 use crate::http::AppState;
@@ -252,17 +252,18 @@ pub async fn get(
     headers: HeaderMap,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    let db = Scoped::begin(&state, auth, Permission::CrmRead, &headers).await?;
-    let row = db
-        .client()
-        .query_opt(
-            &format!("SELECT {COLUMNS} FROM {TABLE} WHERE id = $1"),
-            &[&id],
-        )
-        .await?;
-    db.commit().await?;
-    let deal = Deal::from_row(&row.ok_or(ApiError::NotFound("deal"))?);
-    Ok(with_etag(deal.version, Json(deal)))
+    get_row(
+        &state,
+        auth,
+        &headers,
+        id,
+        TABLE,
+        COLUMNS,
+        "deal",
+        Deal::from_row,
+        |deal| deal.version,
+    )
+    .await
 }
 
 #[utoipa::path(patch, path = "/api/v1/deals/{id}", tag = "deals", params(("id" = Uuid, Path)), request_body = DealUpdate,

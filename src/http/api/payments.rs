@@ -23,7 +23,7 @@ use super::list::ListQuery;
 use super::money::{amount, currency};
 use super::{
     ApiJson, ApiPath, ApiQuery, Auth, Cursor, Page, Scoped, archive_row, created, double_option,
-    if_match, missing_or_stale, optional_text, page, text, with_etag,
+    get_row, if_match, missing_or_stale, optional_text, page, text, with_etag,
 };
 use crate::auth::Permission;
 use crate::http::AppState;
@@ -299,17 +299,18 @@ pub async fn get(
     headers: HeaderMap,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    let db = Scoped::begin(&state, auth, Permission::CrmRead, &headers).await?;
-    let row = db
-        .client()
-        .query_opt(
-            &format!("SELECT {COLUMNS} FROM {TABLE} WHERE id = $1"),
-            &[&id],
-        )
-        .await?;
-    db.commit().await?;
-    let payment = Payment::from_row(&row.ok_or(ApiError::NotFound("payment"))?);
-    Ok(with_etag(payment.version, Json(payment)))
+    get_row(
+        &state,
+        auth,
+        &headers,
+        id,
+        TABLE,
+        COLUMNS,
+        "payment",
+        Payment::from_row,
+        |payment| payment.version,
+    )
+    .await
 }
 
 #[utoipa::path(patch, path = "/api/v1/payments/{id}", tag = "payments", params(("id" = Uuid, Path)), request_body = PaymentUpdate,
