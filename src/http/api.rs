@@ -139,6 +139,53 @@ impl Scoped {
         })
     }
 
+    /// A read in one round trip: `BEGIN`, the scoping call, `sql` and
+    /// `COMMIT` go out together, and the caller's role is checked when the
+    /// answers come back; a refused caller gets the refusal, never the rows.
+    ///
+    /// The read is sent before the role is known, so it runs even for a
+    /// caller who is then refused, but only ever inside the token's own
+    /// tenant (the scoping call comes first in the same transaction, and RLS
+    /// shows nothing without it) and with no effect: only use it for reads.
+    pub async fn read(
+        state: &AppState,
+        auth: Auth,
+        permission: Permission,
+        headers: &HeaderMap,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, ApiError> {
+        let client = checkout(state).await?;
+        let scope = client
+            .prepare_cached("SELECT iam.begin_request($1, $2, $3)")
+            .await?;
+        let statement = client.prepare_cached(sql).await?;
+        let request_id = request_id(headers);
+        let user = Some(auth.user_id);
+        let scope_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&auth.tenant_id, &user, &request_id];
+        let (begun, role, rows, committed) = tokio::join!(
+            client.batch_execute("BEGIN"),
+            client.query_one(&scope, &scope_params),
+            client.query(&statement, params),
+            client.batch_execute("COMMIT"),
+        );
+        begun?;
+        let role: Option<String> = role?.get(0);
+        let role = role
+            .as_deref()
+            .and_then(Role::parse)
+            .ok_or(ApiError::Unauthenticated)?;
+        if !rbac::allows(role, permission) {
+            return Err(ApiError::Forbidden {
+                permission: permission.as_str(),
+            });
+        }
+        let rows = rows?;
+        committed?;
+        Ok(rows)
+    }
+
     pub fn client(&self) -> &deadpool_postgres::Object {
         self.client.as_ref().expect("present until commit or drop")
     }
@@ -169,17 +216,8 @@ async fn begin_raw(
     user: Option<Uuid>,
     headers: &HeaderMap,
 ) -> Result<(deadpool_postgres::Object, Option<Role>), ApiError> {
-    if let Some(reason) = state.health.maintenance() {
-        return Err(ApiError::Maintenance(reason));
-    }
-    if !*state.health.postgres_up.borrow() {
-        return Err(ApiError::Unavailable);
-    }
-    let client = state.api.pool.get().await?;
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let client = checkout(state).await?;
+    let request_id = request_id(headers);
     let statement = client
         .prepare_cached("SELECT iam.begin_request($1, $2, $3)")
         .await?;
@@ -192,6 +230,25 @@ async fn begin_raw(
     begun?;
     let role: Option<String> = row?.get(0);
     Ok((client, role.as_deref().and_then(Role::parse)))
+}
+
+/// A pooled connection, unless the database is down or in maintenance.
+async fn checkout(state: &AppState) -> Result<deadpool_postgres::Object, ApiError> {
+    if let Some(reason) = state.health.maintenance() {
+        return Err(ApiError::Maintenance(reason));
+    }
+    if !*state.health.postgres_up.borrow() {
+        return Err(ApiError::Unavailable);
+    }
+    Ok(state.api.pool.get().await?)
+}
+
+/// The request id the edge gave this request, for the audit log.
+fn request_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// `Json<T>` whose rejections are problem documents naming what was wrong.
@@ -461,16 +518,16 @@ pub async fn get_row<T: serde::Serialize>(
     from_row: fn(&tokio_postgres::Row) -> T,
     version: fn(&T) -> i32,
 ) -> Result<Response, ApiError> {
-    let db = Scoped::begin(state, auth, Permission::CrmRead, headers).await?;
-    let row = db
-        .client()
-        .query_opt(
-            &format!("SELECT {columns} FROM {table} WHERE id = $1"),
-            &[&id],
-        )
-        .await?;
-    db.commit().await?;
-    let item = from_row(&row.ok_or(ApiError::NotFound(what))?);
+    let rows = Scoped::read(
+        state,
+        auth,
+        Permission::CrmRead,
+        headers,
+        &format!("SELECT {columns} FROM {table} WHERE id = $1"),
+        &[&id],
+    )
+    .await?;
+    let item = from_row(rows.first().ok_or(ApiError::NotFound(what))?);
     Ok(with_etag(version(&item), axum::Json(item)))
 }
 

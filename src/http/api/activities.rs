@@ -234,9 +234,7 @@ pub async fn list(
         .equals("kind", params.kind.map(ActivityKind::as_str))
         .equals("done", params.done)
         .search(&["subject"], params.q.as_deref())?;
-    let db = Scoped::begin(&state, auth, Permission::CrmRead, &headers).await?;
-    let rows = query.fetch(db.client(), limit).await?;
-    db.commit().await?;
+    let rows = query.fetch(&state, auth, &headers, limit).await?;
     let items = rows.iter().map(Activity::from_row).collect();
     Ok(Json(page(items, limit, Activity::cursor)))
 }

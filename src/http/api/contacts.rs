@@ -142,9 +142,7 @@ pub async fn list(
     let query = ListQuery::new(TABLE, COLUMNS, params.archived.unwrap_or(false), cursor)
         .equals("customer_id", params.customer_id)
         .search(&["name", "email"], params.q.as_deref())?;
-    let db = Scoped::begin(&state, auth, Permission::CrmRead, &headers).await?;
-    let rows = query.fetch(db.client(), limit).await?;
-    db.commit().await?;
+    let rows = query.fetch(&state, auth, &headers, limit).await?;
     let items = rows.iter().map(Contact::from_row).collect();
     Ok(Json(page(items, limit, Contact::cursor)))
 }

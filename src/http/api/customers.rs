@@ -11,14 +11,16 @@ use tokio_postgres::Row;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::list::ListQuery;
 use super::{
     ApiJson, ApiPath, ApiQuery, Auth, Cursor, Page, Scoped, archive_row, created, double_option,
-    email, get_row, if_match, like_pattern, missing_or_stale, optional_text, page, text, with_etag,
+    email, get_row, if_match, missing_or_stale, optional_text, page, text, with_etag,
 };
 use crate::auth::Permission;
 use crate::http::AppState;
 use crate::http::error::{ApiError, Problem};
 
+const TABLE: &str = "customers.customers";
 const COLUMNS: &str =
     "id, name, email, phone, company, notes, archived_at, version, created_at, updated_at";
 
@@ -130,45 +132,10 @@ pub async fn list(
         .map(Cursor::decode)
         .transpose()?
         .unwrap_or_else(Cursor::start);
-    let archived = params.archived.unwrap_or(false);
-    let db = Scoped::begin(&state, auth, Permission::CrmRead, &headers).await?;
-    let client = db.client();
-    let rows = if let Some(q) = params.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
-        let q = text("q", q, 1, 200)?;
-        let sql = format!(
-            "SELECT {COLUMNS} FROM customers.customers \
-             WHERE (archived_at IS NOT NULL) = $1 AND (created_at, id) < ($2, $3) \
-               AND (name ILIKE $5 OR email ILIKE $5 OR company ILIKE $5) \
-             ORDER BY created_at DESC, id DESC LIMIT $4"
-        );
-        let statement = client.prepare_cached(&sql).await?;
-        client
-            .query(
-                &statement,
-                &[
-                    &archived,
-                    &cursor.created_at,
-                    &cursor.id,
-                    &(limit + 1),
-                    &like_pattern(&q),
-                ],
-            )
-            .await?
-    } else {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM customers.customers \
-             WHERE (archived_at IS NOT NULL) = $1 AND (created_at, id) < ($2, $3) \
-             ORDER BY created_at DESC, id DESC LIMIT $4"
-        );
-        let statement = client.prepare_cached(&sql).await?;
-        client
-            .query(
-                &statement,
-                &[&archived, &cursor.created_at, &cursor.id, &(limit + 1)],
-            )
-            .await?
-    };
-    db.commit().await?;
+    let rows = ListQuery::new(TABLE, COLUMNS, params.archived.unwrap_or(false), cursor)
+        .search(&["name", "email", "company"], params.q.as_deref())?
+        .fetch(&state, auth, &headers, limit)
+        .await?;
     let items = rows.iter().map(Customer::from_row).collect();
     Ok(Json(page(items, limit, Customer::cursor)))
 }
@@ -191,7 +158,7 @@ pub async fn create(
     let row = db
         .client()
         .query_one(
-            &format!("INSERT INTO customers.customers (name, email, phone, company, notes) VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"),
+            &format!("INSERT INTO {TABLE} (name, email, phone, company, notes) VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"),
             &[&name, &email, &phone, &company, &notes],
         )
         .await?;
@@ -218,7 +185,7 @@ pub async fn get(
         auth,
         &headers,
         id,
-        "customers.customers",
+        TABLE,
         COLUMNS,
         "customer",
         Customer::from_row,
@@ -268,7 +235,7 @@ pub async fn update(
         .client()
         .query_opt(
             &format!(
-                "UPDATE customers.customers SET \
+                "UPDATE {TABLE} SET \
                    name = coalesce($3, name), \
                    email = CASE WHEN $4 THEN $5 ELSE email END, \
                    phone = CASE WHEN $6 THEN $7 ELSE phone END, \
@@ -292,7 +259,7 @@ pub async fn update(
         )
         .await?;
     let Some(row) = row else {
-        return Err(missing_or_stale(&db, "customers.customers", id, "customer").await);
+        return Err(missing_or_stale(&db, TABLE, id, "customer").await);
     };
     db.commit().await?;
     let customer = Customer::from_row(&row);
@@ -313,7 +280,7 @@ pub async fn archive(
         auth,
         &headers,
         id,
-        "customers.customers",
+        TABLE,
         COLUMNS,
         "customer",
         Customer::from_row,

@@ -173,9 +173,7 @@ pub async fn list(
         .equals("customer_id", params.customer_id)
         .equals("stage_id", params.stage_id)
         .search(&["title"], params.q.as_deref())?;
-    let db = Scoped::begin(&state, auth, Permission::CrmRead, &headers).await?;
-    let rows = query.fetch(db.client(), limit).await?;
-    db.commit().await?;
+    let rows = query.fetch(&state, auth, &headers, limit).await?;
     let items = rows.iter().map(Deal::from_row).collect();
     Ok(Json(page(items, limit, Deal::cursor)))
 }

@@ -1,10 +1,8 @@
-//! [`ListQuery`]: the newest-first, cursor-paged list query that contacts,
-//! deals, activities and payments share, built from whichever filters a
-//! request gave.
+//! [`ListQuery`]: the newest-first, cursor-paged list query that every CRM
+//! resource shares, built from whichever filters a request gave.
 //!
-//! `customers` spells its two query shapes out by hand; with up to four
-//! optional filters per resource that would be sixteen hand-written queries,
-//! and the catch-all alternative (`$n IS NULL OR col = $n`) defeats the
+//! With up to four optional filters per resource, hand-written queries would
+//! be sixteen per resource, and the catch-all alternative (`$n IS NULL OR col = $n`) defeats the
 //! indexes once PostgreSQL switches a prepared statement to a generic plan.
 //! So the WHERE clause carries exactly the filters given, and each distinct
 //! shape is prepared once per connection (`prepare_cached`).
@@ -15,7 +13,11 @@
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use super::{Cursor, like_pattern, text};
+use axum::http::HeaderMap;
+
+use super::{Auth, Cursor, Scoped, like_pattern, text};
+use crate::auth::Permission;
+use crate::http::AppState;
 use crate::http::error::ApiError;
 
 type Param = Box<dyn ToSql + Sync + Send>;
@@ -95,21 +97,23 @@ impl ListQuery {
     }
 
     /// Runs the query for one page of `limit` rows, plus one to tell whether
-    /// there is a next page (see [`super::page`]).
+    /// there is a next page (see [`super::page`]), as one round-trip read
+    /// ([`Scoped::read`]) with the read permission.
     pub async fn fetch(
         mut self,
-        client: &deadpool_postgres::Object,
+        state: &AppState,
+        auth: Auth,
+        headers: &HeaderMap,
         limit: i64,
     ) -> Result<Vec<Row>, ApiError> {
         let limit = self.bind(limit + 1);
         let sql = self.sql(&limit);
-        let statement = client.prepare_cached(&sql).await?;
         let params: Vec<&(dyn ToSql + Sync)> = self
             .params
             .iter()
             .map(|p| &**p as &(dyn ToSql + Sync))
             .collect();
-        Ok(client.query(&statement, &params).await?)
+        Scoped::read(state, auth, Permission::CrmRead, headers, &sql, &params).await
     }
 }
 

@@ -233,9 +233,7 @@ pub async fn list(
         .equals("customer_id", params.customer_id)
         .equals("status", params.status.map(PaymentStatus::as_str))
         .search(&["description", "reference"], params.q.as_deref())?;
-    let db = Scoped::begin(&state, auth, Permission::CrmRead, &headers).await?;
-    let rows = query.fetch(db.client(), limit).await?;
-    db.commit().await?;
+    let rows = query.fetch(&state, auth, &headers, limit).await?;
     let items = rows.iter().map(Payment::from_row).collect();
     Ok(Json(page(items, limit, Payment::cursor)))
 }
