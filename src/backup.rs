@@ -3,7 +3,8 @@
 //!
 //! Called by `daemon` (scheduled and on-demand backups, restore in
 //! maintenance mode) and by the CLI when no daemon runs. Takes a prepared
-//! [`Cluster`] and a database name, never the whole config.
+//! [`Access`] (the embedded cluster or an external server) and a database
+//! name, never the whole config.
 //!
 //! Format: `pg_dump --format=custom --compress=0`, compressed with zstd
 //! (multi-threaded; on realistic text it is several times faster than
@@ -38,8 +39,8 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use crate::config::BackupConfig;
+use crate::database::Access;
 use crate::fsutil;
-use crate::postgres::Cluster;
 
 pub const DATA_SUFFIX: &str = ".pgdump.zst";
 pub const ENCRYPTED_SUFFIX: &str = ".age";
@@ -50,6 +51,10 @@ pub const PARTIAL_SUFFIX: &str = ".partial";
 pub enum Error {
     #[error("a backup is already running; wait for it to finish")]
     Busy,
+    #[error(
+        "restore refused: the database is the external server {server}, which every instance shares; restoring would replace it under all of them. Stop the instances and restore the backup with pg_restore (zstd -dc FILE | pg_restore -d URL), see README \"External database\""
+    )]
+    ExternalRestore { server: String },
     #[error(
         "not enough disk space for a backup in {dir}: it needs about {needed} (the database's size) and would leave less than the reserve of {reserve}; {free} is free"
     )]
@@ -335,7 +340,7 @@ pub fn backup_name(at: OffsetDateTime, label: Option<&str>) -> Result<String, Er
 
 /// What a backup is taken from and restored into.
 pub struct Target<'a> {
-    pub cluster: &'a Cluster,
+    pub access: &'a Access,
     pub database: &'a str,
     /// Free space the backup must leave in the backup directory.
     pub disk_reserve: u64,
@@ -364,13 +369,11 @@ pub async fn create(
     })?;
     store.cleanup()?;
 
-    let (mut client, connection) = target
-        .cluster
-        .superuser_config(target.database)
-        .connect(tokio_postgres::NoTls)
+    let (mut client, conn) = target
+        .access
+        .connect(target.database)
         .await
         .map_err(db("connecting to the database to back up"))?;
-    let conn = tokio::spawn(connection);
     let size: i64 = client
         .query_one("SELECT pg_database_size(current_database())", &[])
         .await
@@ -419,9 +422,7 @@ pub async fn create(
     );
     let final_path = store.dir.join(&file);
     let partial = store.dir.join(format!("{file}{PARTIAL_SUFFIX}"));
-    let mut dump = target
-        .cluster
-        .client_command_std("pg_dump", target.database);
+    let mut dump = target.access.client_command_std("pg_dump", target.database);
     dump.args([
         "--format=custom",
         "--compress=0",
@@ -487,8 +488,7 @@ pub async fn create(
         verified_at: OffsetDateTime::now_utc(),
         restore_verified_at: None,
     };
-    if let Err(err) =
-        verify_file(target.cluster, store, &manifest, pipeline::Progress::none()).await
+    if let Err(err) = verify_file(target.access, store, &manifest, pipeline::Progress::none()).await
     {
         let _ = std::fs::remove_file(&final_path);
         return Err(err);
@@ -563,25 +563,25 @@ fn quote_ident(ident: &str) -> String {
 /// Checks a backup without restoring it: size, SHA-256 over the whole file,
 /// and `pg_restore --list` over the decrypted, decompressed stream.
 pub async fn verify(
-    cluster: &Cluster,
+    access: &Access,
     store: &Store,
     name: &str,
     progress: pipeline::Progress,
 ) -> Result<Manifest, Error> {
     let manifest = store.get(name)?;
-    verify_file(cluster, store, &manifest, progress).await?;
+    verify_file(access, store, &manifest, progress).await?;
     Ok(manifest)
 }
 
 async fn verify_file(
-    cluster: &Cluster,
+    access: &Access,
     store: &Store,
     manifest: &Manifest,
     progress: pipeline::Progress,
 ) -> Result<(), Error> {
     let path = store.dir.join(&manifest.file);
     let identity = identity_for(store, manifest)?;
-    let mut list = cluster.client_command_std("pg_restore", "postgres");
+    let mut list = access.client_command_std("pg_restore", "postgres");
     list.arg("--list");
     let name = manifest.name.clone();
     let result = tokio::task::spawn_blocking(move || {
@@ -645,18 +645,16 @@ pub async fn restore_into(
         });
     }
     let identity = identity_for(store, &manifest)?;
-    let (client, connection) = target
-        .cluster
-        .superuser_config("postgres")
-        .connect(tokio_postgres::NoTls)
+    let (client, conn) = target
+        .access
+        .connect("postgres")
         .await
         .map_err(db("connecting to postgres"))?;
-    let conn = tokio::spawn(connection);
     client
         .batch_execute(&format!("CREATE DATABASE {}", quote_ident(into)))
         .await
         .map_err(db("creating the database to restore into"))?;
-    let mut restore = target.cluster.client_command_std("pg_restore", into);
+    let mut restore = target.access.client_command_std("pg_restore", into);
     restore.args([
         "--dbname",
         into,
@@ -695,13 +693,11 @@ pub async fn restore_into(
 }
 
 /// Row counts of every table in database `dbname`, for comparison with a manifest.
-pub async fn count_rows(cluster: &Cluster, dbname: &str) -> Result<BTreeMap<String, i64>, Error> {
-    let (mut client, connection) = cluster
-        .superuser_config(dbname)
-        .connect(tokio_postgres::NoTls)
+pub async fn count_rows(access: &Access, dbname: &str) -> Result<BTreeMap<String, i64>, Error> {
+    let (mut client, conn) = access
+        .connect(dbname)
         .await
         .map_err(db("connecting to the restored database"))?;
-    let conn = tokio::spawn(connection);
     let tx = client
         .transaction()
         .await
@@ -740,7 +736,7 @@ pub async fn drill(target: &Target<'_>, store: &Store) -> Result<Manifest, Error
         .next()
         .ok_or_else(|| Error::NotFound("(none yet)".into()))?;
     let scratch = format!("{}_drill", target.database);
-    drop_database(target.cluster, &scratch).await?;
+    drop_database(target.access, &scratch).await?;
     let result = async {
         restore_into(
             target,
@@ -750,7 +746,7 @@ pub async fn drill(target: &Target<'_>, store: &Store) -> Result<Manifest, Error
             pipeline::Progress::none(),
         )
         .await?;
-        let actual = count_rows(target.cluster, &scratch).await?;
+        let actual = count_rows(target.access, &scratch).await?;
         let differences = differences(&newest.tables, &actual);
         if differences.is_empty() {
             Ok(())
@@ -762,7 +758,7 @@ pub async fn drill(target: &Target<'_>, store: &Store) -> Result<Manifest, Error
         }
     }
     .await;
-    drop_database(target.cluster, &scratch).await?;
+    drop_database(target.access, &scratch).await?;
     result?;
     let manifest = store.mark_restorable(&newest.name, OffsetDateTime::now_utc())?;
     info!(
@@ -772,13 +768,11 @@ pub async fn drill(target: &Target<'_>, store: &Store) -> Result<Manifest, Error
     Ok(manifest)
 }
 
-pub async fn drop_database(cluster: &Cluster, name: &str) -> Result<(), Error> {
-    let (client, connection) = cluster
-        .superuser_config("postgres")
-        .connect(tokio_postgres::NoTls)
+pub async fn drop_database(access: &Access, name: &str) -> Result<(), Error> {
+    let (client, conn) = access
+        .connect("postgres")
         .await
         .map_err(db("connecting to postgres"))?;
-    let conn = tokio::spawn(connection);
     client
         .batch_execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -794,17 +788,15 @@ pub async fn drop_database(cluster: &Cluster, name: &str) -> Result<(), Error> {
 /// Swaps database `restored` in for `live`: the old one is kept as `old`
 /// until the caller drops it, so a failure afterwards can swap back.
 pub async fn swap_databases(
-    cluster: &Cluster,
+    access: &Access,
     live: &str,
     restored: &str,
     old: &str,
 ) -> Result<(), Error> {
-    let (client, connection) = cluster
-        .superuser_config("postgres")
-        .connect(tokio_postgres::NoTls)
+    let (client, conn) = access
+        .connect("postgres")
         .await
         .map_err(db("connecting to postgres"))?;
-    let conn = tokio::spawn(connection);
     let terminate = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()";
     client
         .execute(terminate, &[&live])

@@ -91,6 +91,60 @@ pub struct DatabaseConfig {
     pub start_timeout: Duration,
     /// postgresql.conf settings that win over the ones derived from `[limits]`.
     pub settings: BTreeMap<String, String>,
+    /// An external PostgreSQL (`postgres://user@host:port/db`): no embedded
+    /// server is started; see README "External database".
+    pub url: Option<String>,
+    /// TLS to the external server: disable, prefer, require, verify-full.
+    pub sslmode: SslMode,
+    /// CA certificate(s) (PEM) that `verify-full` trusts; default: the system's.
+    pub ca_file: Option<PathBuf>,
+    /// A file holding the url user's password (wins over `password`).
+    pub password_file: Option<PathBuf>,
+    /// The url user's password; meant for `PAGODIRECTO_DATABASE__PASSWORD`.
+    /// Never logged; `config show` redacts it.
+    pub password: Option<Secret>,
+}
+
+/// TLS to an external PostgreSQL, named as libpq names it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The libpq spelling (`PGSSLMODE`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// A string that `Debug` never shows.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -239,6 +293,11 @@ impl Default for DatabaseConfig {
             listen_addresses: String::new(),
             start_timeout: Duration::from_secs(60),
             settings: BTreeMap::new(),
+            url: None,
+            sslmode: SslMode::default(),
+            ca_file: None,
+            password_file: None,
+            password: None,
         }
     }
 }
@@ -566,6 +625,39 @@ impl Config {
                 "must be letters, digits and underscores".into(),
             ));
         }
+        if let Some(url) = &self.database.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                out.push((
+                    "database.url",
+                    "must be a URL like postgres://user@host:5432/database".into(),
+                ));
+            } else {
+                match url.parse::<tokio_postgres::Config>() {
+                    Err(err) => out.push(("database.url", format!("cannot be parsed: {err}"))),
+                    Ok(pg) if pg.get_dbname().is_none() || pg.get_user().is_none() => out.push((
+                        "database.url",
+                        "must name the user and the database: postgres://user@host:5432/database"
+                            .into(),
+                    )),
+                    Ok(_) => {}
+                }
+            }
+        }
+        if self.database.password_file.is_some() && self.database.password.is_some() {
+            out.push((
+                "database.password_file",
+                "set either password_file or password (PAGODIRECTO_DATABASE__PASSWORD), not both"
+                    .into(),
+            ));
+        }
+        if self.database.url.is_none()
+            && (self.database.password_file.is_some() || self.database.password.is_some())
+        {
+            out.push((
+                "database.password",
+                "is for an external database; set database.url too".into(),
+            ));
+        }
         for key in self.database.settings.keys() {
             if !key
                 .chars()
@@ -592,10 +684,31 @@ impl Config {
     /// The config as TOML with secrets replaced, for `config show`.
     #[must_use]
     pub fn to_redacted_toml(&self) -> String {
-        // No key holds a secret yet: passwords are generated into the data dir,
-        // never written in the config. Keys that will hold one (a database URL
-        // with a password) must be redacted here.
-        toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+        // Generated passwords live in the data dir, never in the config; the
+        // external database's password (and one written into its url) is
+        // the only secret a config can hold.
+        let mut shown = self.clone();
+        if shown.database.password.is_some() {
+            shown.database.password = Some(Secret("<redacted>".into()));
+        }
+        if let Some(url) = &mut shown.database.url {
+            *url = redact_url(url);
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:<redacted>@host/db`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_string(),
     }
 }
 
@@ -701,6 +814,46 @@ mod tests {
         let err = Config::from_toml(toml).expect_err("config should be refused");
         let text = err.to_string();
         assert!(text.contains(expected), "expected {expected:?} in:\n{text}");
+    }
+
+    #[test]
+    fn external_database_keys_are_checked() {
+        check_invalid(
+            "[database]\nurl = \"mysql://x@h/db\"",
+            "database.url: must be a URL",
+        );
+        check_invalid(
+            "[database]\nurl = \"postgres://h:5432/db\"",
+            "database.url: must name the user",
+        );
+        check_invalid("[database]\nsslmode = \"sometimes\"", "sslmode");
+        check_invalid(
+            "[database]\npassword = \"x\"",
+            "database.password: is for an external database",
+        );
+        let config = Config::from_toml(
+            "[database]\nurl = \"postgres://app@db.example:6432/crm\"\nsslmode = \"verify-full\"",
+        )
+        .expect("valid");
+        assert_eq!(config.database.sslmode, SslMode::VerifyFull);
+    }
+
+    #[test]
+    fn config_show_redacts_database_passwords() {
+        let config = Config::from_toml(
+            "[database]\nurl = \"postgres://app:hunter2@db.example/crm\"\npassword = \"s3cret\"",
+        )
+        .expect("valid");
+        let shown = config.to_redacted_toml();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("postgres://app:<redacted>@db.example/crm"),
+            "{shown}"
+        );
+        assert!(!format!("{config:?}").contains("s3cret"));
     }
 
     #[test]

@@ -53,6 +53,13 @@ pub struct StatusReport {
     pub ready: bool,
     pub checks: Vec<CheckReport>,
     pub postgres: PostgresReport,
+    /// Set when the database is an external server (`[database] url`).
+    #[serde(default)]
+    pub external: Option<ExternalReport>,
+    /// Whether this instance runs the jobs that must run once (scheduled
+    /// backups, drills, retention); always true with the embedded server.
+    #[serde(default)]
+    pub leader: bool,
     pub backups: BackupReport,
     /// The latest resource sample (absent until the first one, ~5 s after start).
     pub resources: Option<ResourceReport>,
@@ -97,6 +104,18 @@ pub struct CheckReport {
     pub name: String,
     pub ok: bool,
     pub detail: String,
+}
+
+/// The external PostgreSQL as the liveness monitor last saw it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExternalReport {
+    /// `host:port/database` (never the password).
+    pub server: String,
+    pub reachable: bool,
+    pub latency_ms: Option<f64>,
+    pub version: Option<String>,
+    pub last_error: Option<String>,
+    pub checked_secs_ago: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

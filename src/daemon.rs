@@ -28,8 +28,10 @@ use crate::backup::schedule::Schedule;
 use crate::backup::{Backups, Store, pipeline};
 use crate::config::{Config, Loaded};
 use crate::control::{
-    self, BackupReport, CheckReport, PostgresReport, Request, ResourceReport, StatusReport,
+    self, BackupReport, CheckReport, ExternalReport, PostgresReport, Request, ResourceReport,
+    StatusReport,
 };
+use crate::database::{self, Access};
 use crate::health::Health;
 use crate::lock::DataDirLock;
 use crate::paths::Paths;
@@ -83,42 +85,50 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
     let _lock = DataDirLock::acquire(&paths.lock_file(), paths.data_dir())?;
     clear_runtime_files(&paths);
 
-    systemd::status("finding PostgreSQL binaries");
-    let binaries = postgres::binaries::locate(&config.database, &paths.pg_installs())
-        .await
-        .context("finding PostgreSQL binaries")?;
-    let cluster = Cluster::prepare(&config.database, &config.limits, &paths, binaries)
-        .await
-        .context("preparing the PostgreSQL cluster")?;
-
-    systemd::status("starting postgres");
     let stop_postgres = CancellationToken::new();
-    let mut server = cluster.start(stop_postgres.clone());
+    // With `[database] url` nothing is supervised: `server` stays `None`.
+    let (access, mut server) = match &config.database.url {
+        Some(url) => (external_database(&config, &paths, url).await?, None),
+        None => {
+            systemd::status("finding PostgreSQL binaries");
+            let binaries = postgres::binaries::locate(&config.database, &paths.pg_installs())
+                .await
+                .context("finding PostgreSQL binaries")?;
+            let cluster = Cluster::prepare(&config.database, &config.limits, &paths, binaries)
+                .await
+                .context("preparing the PostgreSQL cluster")?;
+            systemd::status("starting postgres");
+            let server = cluster.start(stop_postgres.clone());
+            (Access::Embedded(cluster), Some(server))
+        }
+    };
+    let pg_status = server.as_ref().map_or_else(
+        || watch::channel(external_status()).1,
+        postgres::Server::status,
+    );
     let starting = async {
-        tokio::select! {
-            ready = server.wait_ready() => ready.context("starting postgres")?,
-            name = signals.next_stop() => {
-                info!(signal = name, "stopping before the daemon was ready");
-                return Ok(None);
+        if let Some(server) = &server {
+            tokio::select! {
+                ready = server.wait_ready() => ready.context("starting postgres")?,
+                name = signals.next_stop() => {
+                    info!(signal = name, "stopping before the daemon was ready");
+                    return Ok(None);
+                }
             }
         }
-        start_serving(
-            &config,
-            &paths,
-            &cluster,
-            server.status(),
-            options.demo,
-            assets,
-        )
-        .await
-        .map(Some)
+        start_serving(&config, &paths, &access, pg_status, options.demo, assets)
+            .await
+            .map(Some)
     };
     let mut serving = match starting.await {
         Ok(Some(serving)) => serving,
         // Every early return stops postgres first.
         early => {
             stop_postgres.cancel();
-            let stopped = server.finished().await;
+            let stopped = match &mut server {
+                Some(server) => server.finished().await,
+                None => Ok(()),
+            };
             return match early {
                 Err(err) => Err(match stopped {
                     // A crash loop explains more than "stopped before ready".
@@ -140,7 +150,9 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
     let context = StatusContext {
         config: &config,
         source: source.to_string(),
-        cluster: &cluster,
+        access: &access,
+        leader: serving.leader.clone(),
+        external: serving.external.clone(),
         health: serving.health.clone(),
         backups: serving.backups.clone(),
         samples: serving.samples.clone(),
@@ -161,7 +173,9 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
     // and only then does the database they need go away.
     serving.stop(config.server.drain_timeout).await;
     stop_postgres.cancel();
-    if outcome.is_ok() {
+    if outcome.is_ok()
+        && let Some(server) = &mut server
+    {
         server.finished().await.context("stopping postgres")?;
     }
     clear_runtime_files(&paths);
@@ -182,11 +196,17 @@ struct Serving {
     drill_due: mpsc::Receiver<()>,
     stop_schedules: CancellationToken,
     postgres_up: watch::Sender<bool>,
+    /// Whether this instance runs the jobs that must run once (always, embedded).
+    leader: watch::Receiver<bool>,
+    /// What the liveness monitor last saw of an external server.
+    external: Option<database::monitor::Stats>,
     bound: Vec<SocketAddr>,
     control: mpsc::Receiver<control::Pending>,
     stop_http: CancellationToken,
     http: tokio::task::JoinHandle<()>,
     stop_control: CancellationToken,
+    /// Ends the external liveness monitor and leadership (frees the lock).
+    stop_database: CancellationToken,
 }
 
 /// Migrates, opens the pool, binds the listeners and the control socket.
@@ -194,25 +214,43 @@ struct Serving {
 async fn start_serving(
     config: &Config,
     paths: &Paths,
-    cluster: &Cluster,
+    access: &Access,
     pg_status: watch::Receiver<postgres::Status>,
     demo: bool,
     assets: http::assets::Assets,
 ) -> Result<Serving> {
-    let owner = cluster.account().map(|a| (a.uid, a.gid));
+    let owner = owner(access);
     let app_password = SecretFile::new(&paths.secrets_dir(), APP_SECRET).load_or_create(owner)?;
+    let database = access.app_database(&config.database.name);
     systemd::status("migrating the database");
-    bootstrap(cluster, config, &app_password).await?;
-    ensure_first_owner(cluster, config, paths).await?;
+    bootstrap(access, config, &app_password).await?;
+    ensure_first_owner(access, &database, paths).await?;
     if demo {
-        seed_demo(cluster, config, paths).await?;
+        seed_demo(access, &database, paths).await?;
     }
     let keys =
         SigningKeys::load_or_create(&paths.secrets_dir(), config.auth.access_token_ttl, owner)
             .context("loading the token signing keys")?;
-    let pool = pool(cluster, config, &app_password)?;
+    let pool = access
+        .pool(&database, config.limits.pool_size, &app_password)
+        .context("opening the connection pool")?;
 
     let (postgres_up, up_rx) = watch::channel(true);
+    let stop_schedules = CancellationToken::new();
+    let stop_database = CancellationToken::new();
+    let external = access.external().map(|_| {
+        let stats = database::monitor::Stats::default();
+        tokio::spawn(database::monitor::run(
+            access.clone(),
+            database.clone(),
+            pool.clone(),
+            postgres_up.clone(),
+            stats.clone(),
+            stop_database.clone(),
+        ));
+        stats
+    });
+    let leader = database::leader::spawn(access.clone(), database.clone(), stop_database.clone());
     let health = Health::new(
         up_rx,
         paths.data_dir().to_path_buf(),
@@ -223,19 +261,20 @@ async fn start_serving(
 
     let store = Store::new(paths.backup_dir(), &config.backup);
     let backups = Arc::new(Backups::new(
-        cluster.clone(),
-        &config.database.name,
+        access.clone(),
+        &database,
         store,
         config.limits.disk_reserve.as_u64(),
         Some(health.clone()),
     ));
-    let stop_schedules = CancellationToken::new();
     let backup_due = schedule(&config.backup.schedule, "backup.schedule", &stop_schedules)?;
     let drill_due = schedule(&config.backup.drill, "backup.drill", &stop_schedules)?;
     if let Some(schedule) = Schedule::parse(&config.backup.schedule)? {
         let last = backups.history().last_success.map(|m| m.created_at);
         let last = last.and_then(|t| chrono::DateTime::from_timestamp(t.unix_timestamp(), 0));
-        if schedule.missed(last, &chrono::Local::now()) {
+        // External: only the leader catches up, and leadership is decided
+        // a moment after start; the next scheduled run is the leader's.
+        if access.external().is_none() && schedule.missed(last, &chrono::Local::now()) {
             info!("a scheduled backup was missed (or none exists yet); catching up now");
             spawn_backup(&backups, None);
         }
@@ -272,7 +311,13 @@ async fn start_serving(
         status: Some(control_tx.clone()),
     });
     let edge = http::edge::Edge::new(&config.server);
-    let metrics = metrics_endpoint(config, &health, &backups, pg_status.clone());
+    let metrics = metrics_endpoint(
+        config,
+        &health,
+        &backups,
+        pg_status.clone(),
+        external.clone(),
+    );
     spawn_sampler(&samples, paths, pg_status, stop_http.clone());
     let router = http::router_with_assets(
         http::AppState {
@@ -302,11 +347,14 @@ async fn start_serving(
         drill_due,
         stop_schedules,
         postgres_up,
+        leader,
+        external,
         bound,
         control,
         stop_http,
         http,
         stop_control,
+        stop_database,
     })
 }
 
@@ -359,6 +407,7 @@ impl Serving {
         // A backup in progress is aborted (it leaves nothing) before the
         // database goes away; a restore is waited for, bounded.
         self.backups.abort_and_wait(drain).await;
+        self.stop_database.cancel();
     }
 }
 
@@ -392,16 +441,17 @@ fn metrics_endpoint(
     health: &Arc<Health>,
     backups: &Arc<Backups>,
     pg_status: watch::Receiver<postgres::Status>,
+    external: Option<database::monitor::Stats>,
 ) -> Arc<http::MetricsEndpoint> {
     let handle = telemetry::install();
     let (health, backups) = (health.clone(), backups.clone());
     let render = move || {
         let pg = pg_status.borrow().clone();
-        metrics::gauge!("pagodirecto_postgres_up").set(if pg.state == State::Ready {
-            1.0
-        } else {
-            0.0
-        });
+        let up = match &external {
+            Some(stats) => database::monitor::set_gauges(&stats.get()),
+            None => pg.state == State::Ready,
+        };
+        metrics::gauge!("pagodirecto_postgres_up").set(if up { 1.0 } else { 0.0 });
         metrics::gauge!("pagodirecto_postgres_restarts_total").set(f64::from(pg.restarts));
         let history = backups.history();
         if let Some(last) = &history.last_success {
@@ -583,12 +633,15 @@ impl Reloader {
 /// Waits for events and acts on them until one ends the daemon.
 async fn event_loop(
     signals: &mut Signals,
-    server: &mut postgres::Server,
+    server: &mut Option<postgres::Server>,
     serving: &mut Serving,
     context: &StatusContext<'_>,
     reloader: &mut Reloader,
 ) -> Result<()> {
-    let mut pg_status = server.status();
+    let mut pg_status = server.as_ref().map_or_else(
+        || watch::channel(external_status()).1,
+        postgres::Server::status,
+    );
     let (config_tx, mut config_changed) = mpsc::channel(1);
     // Kept alive for the loop's life; without a file there is nothing to watch.
     let _watcher = reloader.file().and_then(|file| match crate::config::watch::watch(&file, config_tx) {
@@ -605,7 +658,7 @@ async fn event_loop(
         let event = tokio::select! {
             biased;
             name = signals.next() => if name == "SIGHUP" { Event::Reload } else { Event::Shutdown(name) },
-            result = server.finished() => Event::PostgresFinished(result),
+            result = async { server.as_mut().expect("guarded").finished().await }, if server.is_some() => Event::PostgresFinished(result),
             changed = pg_status.changed() => match changed {
                 Ok(()) => Event::PostgresChanged(pg_status.borrow_and_update().clone()),
                 Err(_) => continue,
@@ -654,7 +707,7 @@ async fn event_loop(
                 ));
             }
             Event::Control(Request::RotateKey, reply) => {
-                let owner = context.cluster.account().map(|a| (a.uid, a.gid));
+                let owner = owner(context.access);
                 let rotated = SigningKeys::rotate(
                     &serving.secrets_dir,
                     serving.api.auth.access_token_ttl,
@@ -675,11 +728,17 @@ async fn event_loop(
                 );
             }
             Event::Control(request, reply) => backup_request(&serving.backups, request, reply),
+            Event::BackupDue if !*serving.leader.borrow() => {
+                info!("scheduled backup left to the leading instance");
+            }
             Event::BackupDue => {
                 info!("scheduled backup");
                 spawn_backup(&serving.backups, None);
             }
             Event::Watchdog => systemd::watchdog(),
+            Event::DrillDue if !*serving.leader.borrow() => {
+                info!("scheduled restore drill left to the leading instance");
+            }
             Event::DrillDue => {
                 let backups = serving.backups.clone();
                 tokio::spawn(async move {
@@ -725,39 +784,84 @@ fn json(value: impl serde::Serialize) -> serde_json::Value {
 }
 
 /// Creates the application database, migrates it and sets the app role's
-/// password, as the superuser over the private socket.
-pub(crate) async fn bootstrap(
-    cluster: &Cluster,
-    config: &Config,
-    app_password: &str,
-) -> Result<()> {
-    let name = &config.database.name;
-    let (client, connection) = cluster
-        .superuser_config("postgres")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .context("connecting to postgres as the superuser")?;
-    let conn = tokio::spawn(connection);
-    migrate::ensure_database(&client, name).await?;
-    drop(client);
-    let _ = conn.await;
+/// password, as the superuser over the private socket. External: the
+/// database exists already (the url names it); the app role is prepared for
+/// `SET ROLE` instead of given a password.
+pub(crate) async fn bootstrap(access: &Access, config: &Config, app_password: &str) -> Result<()> {
+    let name = &access.app_database(&config.database.name);
+    if access.external().is_none() {
+        let (client, conn) = access
+            .connect("postgres")
+            .await
+            .context("connecting to postgres as the superuser")?;
+        migrate::ensure_database(&client, name).await?;
+        drop(client);
+        let _ = conn.await;
+    }
 
-    let (mut client, connection) = cluster
-        .superuser_config(name)
-        .connect(tokio_postgres::NoTls)
+    let (mut client, conn) = access
+        .connect(name)
         .await
         .with_context(|| format!("connecting to database {name}"))?;
-    let conn = tokio::spawn(connection);
+    access
+        .prepare_roles(&mut client)
+        .await
+        .context("preparing the application role")?;
     let applied = migrate::run(&mut client).await?;
     info!(
         applied,
         schema_version = migrate::latest_known(),
         "database schema is current"
     );
-    migrate::set_app_password(&client, app_password).await?;
+    if access.external().is_none() {
+        migrate::set_app_password(&client, app_password).await?;
+    }
     drop(client);
     let _ = conn.await;
     Ok(())
+}
+
+/// The OS account generated files belong to: the embedded postgres's.
+fn owner(access: &Access) -> Option<(nix::unistd::Uid, nix::unistd::Gid)> {
+    match access {
+        Access::Embedded(cluster) => cluster.account().map(|a| (a.uid, a.gid)),
+        Access::External(_) => None,
+    }
+}
+
+/// `[database] url`: connection settings and TLS, plus the client tools
+/// (`pg_dump`, `pg_restore`) for backups, found like the server's binaries
+/// but never downloaded. Without them the daemon serves; backups fail and
+/// say why.
+async fn external_database(config: &Config, paths: &Paths, url: &str) -> Result<Access> {
+    let mut find = config.database.clone();
+    find.download = false;
+    let client_bin_dir = match postgres::binaries::locate(&find, &paths.pg_installs()).await {
+        Ok(binaries) => Some(binaries.bin_dir),
+        Err(err) => {
+            warn!(error = %format!("{err:#}"), "no PostgreSQL client tools found; backups will fail until [database] bin_dir names them");
+            None
+        }
+    };
+    let external = database::External::new(&config.database, url, client_bin_dir)
+        .context("configuring the external database ([database] url)")?;
+    info!(
+        server = external.display(),
+        sslmode = config.database.sslmode.as_str(),
+        "using an external PostgreSQL; no embedded server"
+    );
+    Ok(Access::External(Arc::new(external)))
+}
+
+/// The supervisor's status stand-in when there is no supervised server.
+fn external_status() -> postgres::Status {
+    postgres::Status {
+        state: State::Ready,
+        pid: None,
+        restarts: 0,
+        last_exit: None,
+        since: SystemTime::now(),
+    }
 }
 
 /// On the very first start there is no tenant and nobody can log in: create
@@ -766,14 +870,11 @@ pub(crate) async fn bootstrap(
 /// On a terminal the password is printed there; otherwise (under systemd,
 /// where stdout is the journal) it goes to a 0600 file and only the file's
 /// path is logged. It is never written to the log.
-async fn ensure_first_owner(cluster: &Cluster, config: &Config, paths: &Paths) -> Result<()> {
-    let name = &config.database.name;
-    let (mut client, connection) = cluster
-        .superuser_config(name)
-        .connect(tokio_postgres::NoTls)
+async fn ensure_first_owner(access: &Access, name: &str, paths: &Paths) -> Result<()> {
+    let (mut client, conn) = access
+        .connect(name)
         .await
         .with_context(|| format!("connecting to database {name}"))?;
-    let conn = tokio::spawn(connection);
     if crm::tenant_count(&client).await? > 0 {
         drop(client);
         let _ = conn.await;
@@ -808,14 +909,11 @@ async fn ensure_first_owner(cluster: &Cluster, config: &Config, paths: &Paths) -
 /// `--demo`: seeds the demo data set unless it is there, before the API
 /// serves, so the first request already sees it. Its users' password is
 /// shown like the first owner's: on a terminal, else in a 0600 file.
-async fn seed_demo(cluster: &Cluster, config: &Config, paths: &Paths) -> Result<()> {
-    let name = &config.database.name;
-    let (mut client, connection) = cluster
-        .superuser_config(name)
-        .connect(tokio_postgres::NoTls)
+async fn seed_demo(access: &Access, name: &str, paths: &Paths) -> Result<()> {
+    let (mut client, conn) = access
+        .connect(name)
         .await
         .with_context(|| format!("connecting to database {name}"))?;
-    let conn = tokio::spawn(connection);
     let started = Instant::now();
     let seeded = demo::seed(&mut client)
         .await
@@ -861,30 +959,6 @@ pub const FIRST_OWNER: &str = "owner@pagodirecto.local";
 /// Where the first owner's password goes when there is no terminal.
 pub const INITIAL_OWNER_FILE: &str = "initial-owner.txt";
 
-/// The pool the API uses: the application role, bounded, with timeouts so
-/// no request waits forever for a connection while postgres restarts.
-fn pool(cluster: &Cluster, config: &Config, app_password: &str) -> Result<deadpool_postgres::Pool> {
-    let pg = cluster.connect_config(migrate::APP_ROLE, app_password, &config.database.name);
-    let manager = deadpool_postgres::Manager::from_config(
-        pg,
-        tokio_postgres::NoTls,
-        // Fast: no check query per checkout (a round trip per request).
-        // Connections a postgres restart broke are dropped when it comes
-        // back (see `Event::PostgresChanged`), not discovered one by one.
-        deadpool_postgres::ManagerConfig {
-            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-        },
-    );
-    deadpool_postgres::Pool::builder(manager)
-        .max_size(usize::try_from(config.limits.pool_size).unwrap_or(16))
-        .wait_timeout(Some(Duration::from_secs(5)))
-        .create_timeout(Some(Duration::from_secs(5)))
-        .recycle_timeout(Some(Duration::from_secs(2)))
-        .runtime(deadpool_postgres::Runtime::Tokio1)
-        .build()
-        .context("building the connection pool")
-}
-
 async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
     let mut listeners = Vec::with_capacity(addrs.len());
     for addr in addrs {
@@ -907,7 +981,9 @@ fn clear_runtime_files(paths: &Paths) {
 struct StatusContext<'a> {
     config: &'a Config,
     source: String,
-    cluster: &'a Cluster,
+    access: &'a Access,
+    leader: watch::Receiver<bool>,
+    external: Option<database::monitor::Stats>,
     health: Arc<Health>,
     backups: Arc<Backups>,
     samples: telemetry::Samples,
@@ -918,7 +994,6 @@ struct StatusContext<'a> {
 impl StatusContext<'_> {
     async fn report(&self, pg: &postgres::Status, reloader: &Reloader) -> StatusReport {
         let readiness = self.health.check().await;
-        let binaries = self.cluster.binaries();
         StatusReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
@@ -936,20 +1011,9 @@ impl StatusContext<'_> {
                     detail: c.detail,
                 })
                 .collect(),
-            postgres: PostgresReport {
-                state: pg.state.as_str().to_string(),
-                pid: pg.pid,
-                restarts: pg.restarts,
-                last_exit: pg.last_exit.clone(),
-                state_since_secs: SystemTime::now()
-                    .duration_since(pg.since)
-                    .unwrap_or_default()
-                    .as_secs(),
-                version: binaries.version.clone(),
-                bin_dir: binaries.bin_dir.clone(),
-                origin: binaries.origin.as_str().to_string(),
-                os_user: self.cluster.account().map(|a| a.name.clone()),
-            },
+            postgres: self.postgres_report(pg),
+            external: self.external_report(),
+            leader: *self.leader.borrow(),
             backups: self.backup_report(&reloader.current.config),
             config_loaded_at: time::OffsetDateTime::from(reloader.loaded_at)
                 .format(&time::format_description::well_known::Rfc3339)
@@ -967,6 +1031,72 @@ impl StatusContext<'_> {
                 disk_reserve_bytes: self.config.limits.disk_reserve.as_u64(),
             }),
         }
+    }
+
+    fn postgres_report(&self, pg: &postgres::Status) -> PostgresReport {
+        let since = SystemTime::now()
+            .duration_since(pg.since)
+            .unwrap_or_default()
+            .as_secs();
+        match self.access {
+            Access::Embedded(cluster) => {
+                let binaries = cluster.binaries();
+                PostgresReport {
+                    state: pg.state.as_str().to_string(),
+                    pid: pg.pid,
+                    restarts: pg.restarts,
+                    last_exit: pg.last_exit.clone(),
+                    state_since_secs: since,
+                    version: binaries.version.clone(),
+                    bin_dir: binaries.bin_dir.clone(),
+                    origin: binaries.origin.as_str().to_string(),
+                    os_user: cluster.account().map(|a| a.name.clone()),
+                }
+            }
+            Access::External(_) => {
+                let seen = self
+                    .external
+                    .as_ref()
+                    .map(database::monitor::Stats::get)
+                    .unwrap_or_default();
+                PostgresReport {
+                    state: if seen.reachable {
+                        "reachable"
+                    } else {
+                        "unreachable"
+                    }
+                    .to_string(),
+                    pid: None,
+                    restarts: 0,
+                    last_exit: seen.last_error.clone(),
+                    state_since_secs: since,
+                    version: seen.version.unwrap_or_default(),
+                    bin_dir: PathBuf::new(),
+                    origin: "external".to_string(),
+                    os_user: None,
+                }
+            }
+        }
+    }
+
+    fn external_report(&self) -> Option<ExternalReport> {
+        let external = self.access.external()?;
+        let seen = self
+            .external
+            .as_ref()
+            .map(database::monitor::Stats::get)
+            .unwrap_or_default();
+        Some(ExternalReport {
+            server: external.display().to_string(),
+            reachable: seen.reachable,
+            latency_ms: seen.latency.map(|d| d.as_secs_f64() * 1000.0),
+            version: seen.version,
+            last_error: seen.last_error,
+            checked_secs_ago: seen
+                .checked_at
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .map(|d| d.as_secs()),
+        })
     }
 
     fn backup_report(&self, current: &Config) -> BackupReport {

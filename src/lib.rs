@@ -87,6 +87,7 @@ pub mod paths;
 pub mod daemon;
 pub mod supervisor;
 pub mod postgres;
+pub mod database;
 pub mod migrate;
 pub mod auth;
 pub mod crm;

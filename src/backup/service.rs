@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 use tracing::{error, info, warn};
 
 use super::{AbortFlag, Error, Manifest, Store, Target, pipeline};
+use crate::database::Access;
 use crate::health::Health;
-use crate::postgres::Cluster;
 
 /// The outcome of the last scheduled or requested runs, for status and metrics.
 #[derive(Debug, Clone, Default)]
@@ -27,7 +27,7 @@ pub struct History {
 }
 
 pub struct Backups {
-    cluster: Cluster,
+    access: Access,
     database: String,
     /// Replaced by a config reload (schedule, retention, recipients).
     store: std::sync::RwLock<Store>,
@@ -44,7 +44,7 @@ pub struct Backups {
 impl Backups {
     #[must_use]
     pub fn new(
-        cluster: Cluster,
+        access: Access,
         database: &str,
         store: Store,
         disk_reserve: u64,
@@ -58,7 +58,7 @@ impl Backups {
                 .find_map(|m| m.restore_verified_at.map(|at| (at, m.name.clone())));
         }
         Self {
-            cluster,
+            access,
             database: database.to_string(),
             store: std::sync::RwLock::new(store),
             disk_reserve,
@@ -110,7 +110,7 @@ impl Backups {
 
     fn target(&self) -> Target<'_> {
         Target {
-            cluster: &self.cluster,
+            access: &self.access,
             database: &self.database,
             disk_reserve: self.disk_reserve,
         }
@@ -199,7 +199,7 @@ impl Backups {
                     .name
             }
         };
-        super::verify(&self.cluster, &self.store(), &name, progress).await
+        super::verify(&self.access, &self.store(), &name, progress).await
     }
 
     pub fn prune(&self) -> Result<Vec<String>, Error> {
@@ -256,6 +256,11 @@ impl Backups {
         name: &str,
         progress: pipeline::Progress,
     ) -> Result<RestoreReport, Error> {
+        if let Some(external) = self.access.external() {
+            return Err(Error::ExternalRestore {
+                server: external.display().to_string(),
+            });
+        }
         let manifest = self.store().get(name)?;
         let binary = crate::migrate::latest_known();
         if manifest.schema_version > binary {
@@ -266,7 +271,7 @@ impl Backups {
             });
         }
         super::verify(
-            &self.cluster,
+            &self.access,
             &self.store(),
             name,
             pipeline::Progress::none(),
@@ -297,7 +302,7 @@ impl Backups {
         let safety = match (safety, restored) {
             (Ok(safety), Ok(_)) => safety,
             (Err(err), _) | (Ok(_), Err(err)) => {
-                let _ = super::drop_database(&self.cluster, &incoming).await;
+                let _ = super::drop_database(&self.access, &incoming).await;
                 return Err(err);
             }
         };
@@ -308,10 +313,10 @@ impl Backups {
         );
         let migrated = self.migrate(&incoming).await;
         if let Err(err) = migrated {
-            let _ = super::drop_database(&self.cluster, &incoming).await;
+            let _ = super::drop_database(&self.access, &incoming).await;
             return Err(err);
         }
-        super::swap_databases(&self.cluster, &self.database, &incoming, &old)
+        super::swap_databases(&self.access, &self.database, &incoming, &old)
             .await
             .inspect_err(|_| {
                 warn!("the swap failed; the previous database is still in place");
@@ -322,9 +327,9 @@ impl Backups {
         }
         // Dropping the replaced database takes seconds on a large one; the
         // API need not wait in maintenance for it.
-        let cluster = self.cluster.clone();
+        let access = self.access.clone();
         tokio::spawn(async move {
-            if let Err(err) = super::drop_database(&cluster, &old).await {
+            if let Err(err) = super::drop_database(&access, &old).await {
                 warn!(error = %err, database = old, "could not drop the replaced database; drop it by hand");
             }
         });
@@ -337,16 +342,14 @@ impl Backups {
     }
 
     async fn migrate(&self, database: &str) -> Result<(), Error> {
-        let (mut client, connection) = self
-            .cluster
-            .superuser_config(database)
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|source| Error::Database {
-                step: "connecting to the restored database",
-                source,
-            })?;
-        let conn = tokio::spawn(connection);
+        let (mut client, conn) =
+            self.access
+                .connect(database)
+                .await
+                .map_err(|source| Error::Database {
+                    step: "connecting to the restored database",
+                    source,
+                })?;
         let result = crate::migrate::run(&mut client).await;
         drop(client);
         let _ = conn.await;

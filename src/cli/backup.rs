@@ -115,7 +115,7 @@ fn backups(loaded: &Loaded, session: &Session) -> Backups {
     let config = &loaded.config;
     let store = Store::new(config.paths().backup_dir(), &config.backup);
     Backups::new(
-        session.cluster.clone(),
+        crate::database::Access::Embedded(session.cluster.clone()),
         &config.database.name,
         store,
         config.limits.disk_reserve.as_u64(),

@@ -24,7 +24,12 @@ async fn act(loaded: &Loaded, session: &Session, status_only: bool) -> Result<Ex
         let owner = session.cluster.account().map(|a| (a.uid, a.gid));
         let app_password =
             SecretFile::new(&config.paths().secrets_dir(), APP_SECRET).load_or_create(owner)?;
-        daemon::bootstrap(&session.cluster, config, &app_password).await?;
+        daemon::bootstrap(
+            &crate::database::Access::Embedded(session.cluster.clone()),
+            config,
+            &app_password,
+        )
+        .await?;
     }
     let (client, connection) = session
         .cluster

@@ -80,30 +80,40 @@ fn render(r: &StatusReport) -> String {
         let _ = writeln!(out, "  CONFIG CHANGE REFUSED: {err}");
     }
     let pg = &r.postgres;
-    let _ = writeln!(
-        out,
-        "postgres {} ({}, {}) as {}",
-        pg.version,
-        pg.origin,
-        pg.bin_dir.display(),
-        pg.os_user.as_deref().unwrap_or("the daemon's user")
-    );
-    let _ = writeln!(
-        out,
-        "  state:     {}{} for {}",
-        pg.state,
-        pg.pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
-        human_secs(pg.state_since_secs)
-    );
-    let _ = writeln!(
-        out,
-        "  restarts:  {}{}",
-        pg.restarts,
-        pg.last_exit
-            .as_ref()
-            .map(|e| format!(" (last exit: {e})"))
-            .unwrap_or_default()
-    );
+    if let Some(ext) = &r.external {
+        let _ = writeln!(out, "postgres (external) {}", ext.server);
+        let _ = writeln!(
+            out,
+            "  state:     {}{}",
+            if ext.reachable {
+                "reachable"
+            } else {
+                "UNREACHABLE"
+            },
+            ext.latency_ms
+                .map(|ms| format!(", latency {ms:.1} ms"))
+                .unwrap_or_default()
+        );
+        let _ = writeln!(
+            out,
+            "  version:   {}",
+            ext.version.as_deref().unwrap_or("unknown")
+        );
+        if let Some(err) = &ext.last_error {
+            let _ = writeln!(out, "  error:     {err}");
+        }
+        let _ = writeln!(
+            out,
+            "  leader:    {}",
+            if r.leader {
+                "yes (runs scheduled backups, drills, retention)"
+            } else {
+                "no (another instance runs scheduled jobs)"
+            }
+        );
+    } else {
+        render_embedded(&mut out, pg);
+    }
     render_backups(&mut out, &r.backups);
     if let Some(res) = &r.resources {
         let _ = writeln!(out, "resources");
@@ -183,6 +193,34 @@ fn human_secs(secs: u64) -> String {
         s if s < 86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
         s => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
     }
+}
+
+fn render_embedded(out: &mut String, pg: &crate::control::PostgresReport) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "postgres {} ({}, {}) as {}",
+        pg.version,
+        pg.origin,
+        pg.bin_dir.display(),
+        pg.os_user.as_deref().unwrap_or("the daemon's user")
+    );
+    let _ = writeln!(
+        out,
+        "  state:     {}{} for {}",
+        pg.state,
+        pg.pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        human_secs(pg.state_since_secs)
+    );
+    let _ = writeln!(
+        out,
+        "  restarts:  {}{}",
+        pg.restarts,
+        pg.last_exit
+            .as_ref()
+            .map(|e| format!(" (last exit: {e})"))
+            .unwrap_or_default()
+    );
 }
 
 #[cfg(test)]
