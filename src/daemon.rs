@@ -228,6 +228,9 @@ async fn start_serving(
     if demo {
         seed_demo(access, &database, paths).await?;
     }
+    if access.external().is_some() {
+        share_signing_keys(access, &database, paths, config.auth.access_token_ttl).await?;
+    }
     let keys =
         SigningKeys::load_or_create(&paths.secrets_dir(), config.auth.access_token_ttl, owner)
             .context("loading the token signing keys")?;
@@ -638,10 +641,12 @@ async fn event_loop(
     context: &StatusContext<'_>,
     reloader: &mut Reloader,
 ) -> Result<()> {
-    let mut pg_status = server.as_ref().map_or_else(
-        || watch::channel(external_status()).1,
-        postgres::Server::status,
-    );
+    // External: nothing is supervised; the sender lives as long as the loop
+    // so `changed()` pends instead of failing at once (a busy loop).
+    let (_no_supervisor, unsupervised) = watch::channel(external_status());
+    let mut pg_status = server
+        .as_ref()
+        .map_or(unsupervised, postgres::Server::status);
     let (config_tx, mut config_changed) = mpsc::channel(1);
     // Kept alive for the loop's life; without a file there is nothing to watch.
     let _watcher = reloader.file().and_then(|file| match crate::config::watch::watch(&file, config_tx) {
@@ -713,6 +718,9 @@ async fn event_loop(
                     serving.api.auth.access_token_ttl,
                     owner,
                 );
+                if rotated.is_ok() && context.access.external().is_some() {
+                    publish_signing_keys(context.access, &serving.secrets_dir).await;
+                }
                 let answer = rotated.map(|keys| {
                     *serving.api.keys.write().expect("keys lock is never poisoned") = keys;
                     info!("rotated the token signing key; tokens signed with the old one stay valid until they expire");
@@ -821,6 +829,57 @@ pub(crate) async fn bootstrap(access: &Access, config: &Config, app_password: &s
     Ok(())
 }
 
+/// Several instances on one external database must verify each other's
+/// tokens: the signing keys are shared through the database (see
+/// [`database::shared`]).
+async fn share_signing_keys(
+    access: &Access,
+    database: &str,
+    paths: &Paths,
+    ttl: Duration,
+) -> Result<()> {
+    let dir = paths.secrets_dir();
+    fsutil::ensure_dir(&dir, 0o700).with_context(|| format!("creating {}", dir.display()))?;
+    let (mut client, conn) = access
+        .connect(database)
+        .await
+        .with_context(|| format!("connecting to database {database}"))?;
+    let path = dir.join(auth::keys::FILE);
+    database::shared::adopt(&mut client, auth::keys::FILE, &path, || {
+        SigningKeys::load_or_create(&dir, ttl, None)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .context("sharing the token signing keys")?;
+    drop(client);
+    let _ = conn.await;
+    Ok(())
+}
+
+/// After a key rotation on an external database: the other instances get
+/// the new keys at their next start (README "External database").
+async fn publish_signing_keys(access: &Access, secrets_dir: &std::path::Path) {
+    let database = access.app_database("");
+    let result = async {
+        let (client, conn) = access.connect(&database).await.map_err(|e| e.to_string())?;
+        let published = database::shared::publish(
+            &client,
+            auth::keys::FILE,
+            &secrets_dir.join(auth::keys::FILE),
+        )
+        .await
+        .map_err(|e| format!("{:#}", anyhow::Error::from(e)));
+        drop(client);
+        let _ = conn.await;
+        published
+    }
+    .await;
+    if let Err(err) = result {
+        warn!(error = %err, "the rotated signing key could not be shared; other instances will not verify its tokens");
+    }
+}
+
 /// The OS account generated files belong to: the embedded postgres's.
 fn owner(access: &Access) -> Option<(nix::unistd::Uid, nix::unistd::Gid)> {
     match access {
@@ -834,6 +893,9 @@ fn owner(access: &Access) -> Option<(nix::unistd::Uid, nix::unistd::Gid)> {
 /// but never downloaded. Without them the daemon serves; backups fail and
 /// say why.
 async fn external_database(config: &Config, paths: &Paths, url: &str) -> Result<Access> {
+    let run_dir = paths.run_dir();
+    fsutil::ensure_dir(&run_dir, 0o700)
+        .with_context(|| format!("creating {}", run_dir.display()))?;
     let mut find = config.database.clone();
     find.download = false;
     let client_bin_dir = match postgres::binaries::locate(&find, &paths.pg_installs()).await {
@@ -875,6 +937,13 @@ async fn ensure_first_owner(access: &Access, name: &str, paths: &Paths) -> Resul
         .connect(name)
         .await
         .with_context(|| format!("connecting to database {name}"))?;
+    // Several instances may start at once on an external database: one
+    // creates the owner, the others wait and then find it. The lock is the
+    // session's, so it goes with the connection.
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&FIRST_OWNER_LOCK])
+        .await
+        .context("taking the first-start lock")?;
     if crm::tenant_count(&client).await? > 0 {
         drop(client);
         let _ = conn.await;
@@ -949,6 +1018,9 @@ fn show_once(paths: &Paths, file: &str, text: &str, what: &str) -> Result<()> {
     info!(file = %file.display(), "{what}");
     Ok(())
 }
+
+/// Key of the advisory lock that serialises the first start ("pagofrst").
+const FIRST_OWNER_LOCK: i64 = 0x7061_676f_6672_7374;
 
 /// Where the demo users' password goes when there is no terminal.
 pub const DEMO_USERS_FILE: &str = "demo-users.txt";

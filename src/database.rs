@@ -21,6 +21,7 @@
 
 pub mod leader;
 pub mod monitor;
+pub mod shared;
 mod tls;
 
 use std::path::PathBuf;
@@ -57,6 +58,8 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error("sharing {path} through the database: {reason}")]
+    Shared { path: PathBuf, reason: String },
     #[error("building the connection pool")]
     Pool(#[source] deadpool_postgres::BuildError),
 }

@@ -1,0 +1,448 @@
+//! Several daemons on one external PostgreSQL (`[database] url`): the test
+//! starts a plain server on 127.0.0.1 (as the `postgres` account: postgres
+//! refuses root), a least-privileged url user, and two instances.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{Daemon, DataDir, Signal, http_get, ok_stdout, send};
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+const ADMIN_PASSWORD: &str = "admin-secret";
+const URL_PASSWORD: &str = "pd-secret";
+
+/// A plain PostgreSQL 15 on a free 127.0.0.1 port, stopped by pid on drop.
+struct ExternalPg {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+fn as_postgres(program: &str) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=postgres",
+        "--regid=postgres",
+        "--init-groups",
+        "--",
+    ])
+    .arg(Path::new(PG_BIN).join(program));
+    cmd
+}
+
+impl ExternalPg {
+    fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("pd-ext-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let user = nix::unistd::User::from_name("postgres")
+            .expect("passwd")
+            .expect("a postgres account");
+        nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).expect("chown");
+        let pwfile = dir.path().join("pw");
+        std::fs::write(&pwfile, ADMIN_PASSWORD).expect("pwfile");
+        nix::unistd::chown(&pwfile, Some(user.uid), Some(user.gid)).expect("chown");
+        let out = as_postgres("initdb")
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args([
+                "-U",
+                "admin",
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .current_dir(dir.path())
+            .output()
+            .expect("initdb");
+        ok_stdout(&out);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut pg = Self {
+            dir,
+            port,
+            child: None,
+        };
+        pg.spawn();
+        pg.admin_sql(
+            "postgres",
+            &format!("CREATE ROLE pd LOGIN PASSWORD '{URL_PASSWORD}' CREATEROLE BYPASSRLS"),
+        );
+        pg.admin_sql("postgres", "CREATE DATABASE crm OWNER pd");
+        pg
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("postgres.log"))
+            .expect("log");
+        let child = as_postgres("postgres")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ])
+            .arg("-k")
+            .arg(self.dir.path())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn postgres");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = Command::new(Path::new(PG_BIN).join("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .status()
+                .expect("pg_isready");
+            if ready.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Fast shutdown (SIGINT), then SIGKILL if it lingers.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        send(i64::from(child.id()), Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if child.try_wait().expect("wait").is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://pd@127.0.0.1:{}/crm", self.port)
+    }
+
+    fn admin_sql(&self, db: &str, query: &str) -> String {
+        let out = Command::new(Path::new(PG_BIN).join("psql"))
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "admin",
+                "-d",
+                db,
+                "-c",
+                query,
+            ])
+            .env("PGPASSWORD", ADMIN_PASSWORD)
+            .output()
+            .expect("psql");
+        ok_stdout(&out).trim().to_string()
+    }
+}
+
+impl Drop for ExternalPg {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An instance on `pg`: its own data dir (lock, secrets, backups), backups
+/// every 4 seconds. `password_file` picks how the password is given.
+fn instance(pg: &ExternalPg, password_file: bool) -> (DataDir, Daemon) {
+    let data = DataDir::new();
+    let url = pg.url();
+    let file = data.path().join("db.password");
+    let mut env = vec![
+        ("PAGODIRECTO_DATABASE__URL", url.as_str()),
+        ("PAGODIRECTO_DATABASE__BIN_DIR", PG_BIN),
+        ("PAGODIRECTO_BACKUP__SCHEDULE", "*/4 * * * * *"),
+    ];
+    let file_str = file.display().to_string();
+    if password_file {
+        std::fs::write(&file, format!("{URL_PASSWORD}\n")).expect("password file");
+        env.push(("PAGODIRECTO_DATABASE__PASSWORD_FILE", file_str.as_str()));
+    } else {
+        env.push(("PAGODIRECTO_DATABASE__PASSWORD", URL_PASSWORD));
+    }
+    let mut daemon = data.spawn_env(&[], &env);
+    daemon.wait_ready(Duration::from_secs(90));
+    (data, daemon)
+}
+
+fn base(daemon: &Daemon) -> String {
+    format!("http://{}", daemon.addr.as_deref().expect("ready").trim())
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+fn post(base: &str, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+    let mut req = client().post(format!("{base}{path}")).json(body);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let res = req.send().expect("request");
+    let status = res.status().as_u16();
+    (status, res.json().unwrap_or(Value::Null))
+}
+
+fn login(base: &str, email: &str, password: &str) -> (String, String) {
+    let (status, body) = post(
+        base,
+        "/api/v1/auth/login",
+        None,
+        &json!({"email": email, "password": password}),
+    );
+    assert_eq!(status, 200, "login {email} on {base}: {body}");
+    (
+        body["access_token"].as_str().expect("access").to_string(),
+        body["refresh_token"].as_str().expect("refresh").to_string(),
+    )
+}
+
+fn status(data: &DataDir) -> Value {
+    serde_json::from_str(&ok_stdout(&data.cli(&["status", "--json"]))).expect("status json")
+}
+
+fn backups(data: &DataDir) -> Vec<PathBuf> {
+    std::fs::read_dir(data.path().join("backups"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn wait_until(
+    what: &str,
+    within: Duration,
+    mut done: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}\n{}", context());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn first_owner_password(data: &DataDir) -> String {
+    let text = std::fs::read_to_string(data.path().join("secrets/initial-owner.txt"))
+        .expect("first owner file");
+    text.split_whitespace()
+        .skip_while(|w| *w != "password")
+        .nth(1)
+        .expect("password in file")
+        .to_string()
+}
+
+#[test]
+fn two_instances_share_one_external_database() {
+    let pg = ExternalPg::start();
+    let (data_a, daemon_a) = instance(&pg, false);
+    let (data_b, daemon_b) = instance(&pg, true);
+    let (a, b) = (base(&daemon_a), base(&daemon_b));
+
+    // No embedded server anywhere; migrations applied once.
+    assert!(!data_a.pgdata().exists() && !data_b.pgdata().exists());
+    let history = pg.admin_sql(
+        "crm",
+        "SELECT count(*) || ' ' || count(DISTINCT version) FROM refinery_schema_history",
+    );
+    let (rows, distinct) = history.split_once(' ').expect("two numbers");
+    assert_eq!(rows, distinct, "a migration applied twice");
+    assert!(rows.parse::<u32>().expect("count") >= 3, "{history}");
+    // The API acts as the application role, not as the url's user.
+    assert_eq!(
+        pg.admin_sql(
+            "crm",
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'pagodirecto_app'"
+        ),
+        "f"
+    );
+
+    // A user created through A logs in through B.
+    let owner_password = first_owner_password(&data_a);
+    let (owner, _) = login(&b, "owner@pagodirecto.local", &owner_password);
+    let (status_code, body) = post(
+        &a,
+        "/api/v1/users",
+        Some(&owner),
+        &json!({"email": "ana@x.org", "name": "Ana", "role": "agent", "password": "correct horse battery staple"}),
+    );
+    assert_eq!(status_code, 201, "{body}");
+    let (ana, _) = login(&b, "ana@x.org", "correct horse battery staple");
+    let res = client()
+        .get(format!("{b}/api/v1/customers?limit=5"))
+        .bearer_auth(&ana)
+        .send()
+        .expect("list");
+    assert_eq!(res.status().as_u16(), 200);
+
+    // A refresh token spent on A is refused on B (reuse detection is in the database).
+    let (_, refresh) = login(&a, "ana@x.org", "correct horse battery staple");
+    let (code, _) = post(
+        &a,
+        "/api/v1/auth/refresh",
+        None,
+        &json!({"refresh_token": refresh}),
+    );
+    assert_eq!(code, 200);
+    let (code, _) = post(
+        &b,
+        "/api/v1/auth/refresh",
+        None,
+        &json!({"refresh_token": refresh}),
+    );
+    assert_eq!(code, 401);
+
+    // status describes the external server; exactly one instance leads.
+    let (sa, sb) = (status(&data_a), status(&data_b));
+    for s in [&sa, &sb] {
+        assert_eq!(s["external"]["reachable"], true, "{s}");
+        assert!(
+            s["external"]["version"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("15")),
+            "{s}"
+        );
+        assert!(
+            s["external"]["server"]
+                .as_str()
+                .is_some_and(|v| v.ends_with("/crm")),
+            "{s}"
+        );
+    }
+    wait_until(
+        "exactly one leader",
+        Duration::from_secs(30),
+        || status(&data_a)["leader"] != status(&data_b)["leader"],
+        || format!("{}\n{}", status(&data_a), status(&data_b)),
+    );
+    let a_leads = status(&data_a)["leader"] == true;
+    let (leader_data, leader, follower_data, follower) = if a_leads {
+        (&data_a, daemon_a, &data_b, daemon_b)
+    } else {
+        (&data_b, daemon_b, &data_a, daemon_a)
+    };
+    // Only the leader runs the scheduled backups.
+    wait_until(
+        "the leader takes scheduled backups",
+        Duration::from_secs(60),
+        || backups(leader_data).len() >= 2,
+        || leader.log(),
+    );
+    assert!(backups(follower_data).is_empty(), "{}", follower.log());
+    assert!(follower.log().contains("left to the leading instance"));
+    let metrics = http_get(follower.addr.as_deref().expect("addr"), "/metrics")
+        .expect("metrics")
+        .1;
+    assert!(metrics.contains("pagodirecto_postgres_up 1"), "{metrics}");
+    assert!(
+        metrics.contains("pagodirecto_postgres_latency_seconds"),
+        "{metrics}"
+    );
+
+    // The leader dies without a word: the follower takes over.
+    leader.kill();
+    wait_until(
+        "the follower takes over leadership",
+        Duration::from_secs(60),
+        || status(follower_data)["leader"] == true,
+        || follower.log(),
+    );
+    wait_until(
+        "the new leader takes scheduled backups",
+        Duration::from_secs(60),
+        || !backups(follower_data).is_empty(),
+        || follower.log(),
+    );
+
+    // Restore into the shared server is refused, naming it.
+    let name = backups(follower_data)[0]
+        .file_stem()
+        .expect("stem")
+        .to_string_lossy()
+        .into_owned();
+    let out = follower_data.cli(&["restore", &name, "--yes"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success() && text.contains("external server"),
+        "{text}"
+    );
+
+    assert!(follower.stop().success());
+}
+
+#[test]
+fn an_external_server_restart_is_survived_without_a_restart() {
+    let mut pg = ExternalPg::start();
+    let (data, mut daemon) = instance(&pg, false);
+    let addr = daemon.addr.clone().expect("ready");
+    pg.stop();
+    wait_until(
+        "not ready while the server is down",
+        Duration::from_secs(60),
+        || http_get(&addr, "/ready").is_ok_and(|(code, _)| code == 503),
+        || daemon.log(),
+    );
+    assert_eq!(status(&data)["external"]["reachable"], false);
+    // A request fails within its timeout instead of hanging.
+    let (code, _) = post(
+        &base(&daemon),
+        "/api/v1/auth/login",
+        None,
+        &json!({"email": "owner@pagodirecto.local", "password": "x"}),
+    );
+    assert!(code >= 500, "{code}");
+    pg.spawn();
+    daemon.wait_ready(Duration::from_secs(60));
+    login(
+        &base(&daemon),
+        "owner@pagodirecto.local",
+        &first_owner_password(&data),
+    );
+    assert!(
+        daemon.try_wait().is_none(),
+        "the daemon must not have restarted"
+    );
+    assert!(daemon.stop().success());
+}
