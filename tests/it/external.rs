@@ -419,12 +419,13 @@ fn an_external_server_restart_is_survived_without_a_restart() {
     let addr = daemon.addr.clone().expect("ready");
     pg.stop();
     wait_until(
-        "not ready while the server is down",
+        "reported unreachable while the server is down",
         Duration::from_secs(60),
-        || http_get(&addr, "/ready").is_ok_and(|(code, _)| code == 503),
+        || status(&data)["external"]["reachable"] == false,
         || daemon.log(),
     );
-    assert_eq!(status(&data)["external"]["reachable"], false);
+    let (code, body) = http_get(&addr, "/ready").expect("ready");
+    assert_eq!(code, 503, "{body}");
     // A request fails within its timeout instead of hanging.
     let (code, _) = post(
         &base(&daemon),
