@@ -626,12 +626,7 @@ impl Config {
             ));
         }
         if let Some(url) = &self.database.url {
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                out.push((
-                    "database.url",
-                    "must be a URL like postgres://user@host:5432/database".into(),
-                ));
-            } else {
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
                 match url.parse::<tokio_postgres::Config>() {
                     Err(err) => out.push(("database.url", format!("cannot be parsed: {err}"))),
                     Ok(pg) if pg.get_dbname().is_none() || pg.get_user().is_none() => out.push((
@@ -641,6 +636,11 @@ impl Config {
                     )),
                     Ok(_) => {}
                 }
+            } else {
+                out.push((
+                    "database.url",
+                    "must be a URL like postgres://user@host:5432/database".into(),
+                ));
             }
         }
         if self.database.password_file.is_some() && self.database.password.is_some() {

@@ -86,22 +86,7 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
     clear_runtime_files(&paths);
 
     let stop_postgres = CancellationToken::new();
-    // With `[database] url` nothing is supervised: `server` stays `None`.
-    let (access, mut server) = match &config.database.url {
-        Some(url) => (external_database(&config, &paths, url).await?, None),
-        None => {
-            systemd::status("finding PostgreSQL binaries");
-            let binaries = postgres::binaries::locate(&config.database, &paths.pg_installs())
-                .await
-                .context("finding PostgreSQL binaries")?;
-            let cluster = Cluster::prepare(&config.database, &config.limits, &paths, binaries)
-                .await
-                .context("preparing the PostgreSQL cluster")?;
-            systemd::status("starting postgres");
-            let server = cluster.start(stop_postgres.clone());
-            (Access::Embedded(cluster), Some(server))
-        }
-    };
+    let (access, mut server) = open_database(&config, &paths, &stop_postgres).await?;
     let pg_status = server.as_ref().map_or_else(
         || watch::channel(external_status()).1,
         postgres::Server::status,
@@ -181,6 +166,29 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
     clear_runtime_files(&paths);
     info!(uptime = ?started.elapsed(), "stopped");
     outcome
+}
+
+/// The database to serve from: with `[database] url` an external server
+/// (nothing supervised: no [`postgres::Server`]), else the embedded
+/// cluster, prepared and started under supervision.
+async fn open_database(
+    config: &Config,
+    paths: &Paths,
+    stop_postgres: &CancellationToken,
+) -> Result<(Access, Option<postgres::Server>)> {
+    if let Some(url) = &config.database.url {
+        return Ok((external_database(config, paths, url).await?, None));
+    }
+    systemd::status("finding PostgreSQL binaries");
+    let binaries = postgres::binaries::locate(&config.database, &paths.pg_installs())
+        .await
+        .context("finding PostgreSQL binaries")?;
+    let cluster = Cluster::prepare(&config.database, &config.limits, paths, binaries)
+        .await
+        .context("preparing the PostgreSQL cluster")?;
+    systemd::status("starting postgres");
+    let server = cluster.start(stop_postgres.clone());
+    Ok((Access::Embedded(cluster), Some(server)))
 }
 
 /// What runs once postgres is up: HTTP, the control socket, backups.
@@ -712,21 +720,7 @@ async fn event_loop(
                 ));
             }
             Event::Control(Request::RotateKey, reply) => {
-                let owner = owner(context.access);
-                let rotated = SigningKeys::rotate(
-                    &serving.secrets_dir,
-                    serving.api.auth.access_token_ttl,
-                    owner,
-                );
-                if rotated.is_ok() && context.access.external().is_some() {
-                    publish_signing_keys(context.access, &serving.secrets_dir).await;
-                }
-                let answer = rotated.map(|keys| {
-                    *serving.api.keys.write().expect("keys lock is never poisoned") = keys;
-                    info!("rotated the token signing key; tokens signed with the old one stay valid until they expire");
-                    serde_json::json!({ "rotated": true })
-                });
-                let _ = reply.send(answer.map_err(|e| format!("{:#}", anyhow::Error::from(e))));
+                let _ = reply.send(rotate_key(context.access, serving).await);
             }
             Event::Control(Request::Status, reply) => {
                 let pg = pg_status.borrow().clone();
@@ -756,6 +750,25 @@ async fn event_loop(
             Event::Reload => reloader.reload(serving),
         }
     }
+}
+
+/// `auth rotate-key`: a new signing key, shared through the database when
+/// it is external.
+async fn rotate_key(access: &Access, serving: &Serving) -> Result<serde_json::Value, String> {
+    let rotated = SigningKeys::rotate(
+        &serving.secrets_dir,
+        serving.api.auth.access_token_ttl,
+        owner(access),
+    );
+    if rotated.is_ok() && access.external().is_some() {
+        publish_signing_keys(access, &serving.secrets_dir).await;
+    }
+    let answer = rotated.map(|keys| {
+        *serving.api.keys.write().expect("keys lock is never poisoned") = keys;
+        info!("rotated the token signing key; tokens signed with the old one stay valid until they expire");
+        serde_json::json!({ "rotated": true })
+    });
+    answer.map_err(|e| format!("{:#}", anyhow::Error::from(e)))
 }
 
 /// Answers a backup request from the control socket in the background:

@@ -37,6 +37,12 @@
 //!   stop ladder).
 //! - [`postgres`]: the cluster (initdb, settings, account, binaries) and the
 //!   supervised server's state.
+//! - [`database`]: where the app's database is — the embedded cluster or an
+//!   external server (`[database] url`): admin connections, client tools,
+//!   the API pool (`SET ROLE` when external), TLS; `database::monitor`
+//!   (external liveness), `database::leader` (the advisory-lock lease for
+//!   jobs that must run once), `database::shared` (signing keys shared
+//!   through the database).
 //! - [`migrate`]: embedded SQL migrations under an advisory lock.
 //! - [`backup`]: snapshot-consistent dumps through zstd (and age), verified,
 //!   with manifests, retention, drills and restore; `backup::schedule` for
@@ -61,8 +67,15 @@
 //! - [`lock`], [`secrets`], [`fsutil`]: the data-dir lock, generated secrets,
 //!   atomic private files.
 //!
+//! With `[database] url` there is no postgres child: the start skips the
+//! binaries, `initdb` and supervision, and a monitor task feeds the same
+//! readiness the supervisor feeds.
+//!
 //! ## Invariants
 //!
+//! - Several instances may share one external database: migrations, the
+//!   first owner and scheduled jobs are serialised by advisory locks; state
+//!   that matters for security lives in the database.
 //! - No PostgreSQL program runs as root; postgres listens on a private unix
 //!   socket, and on TCP only when configured.
 //! - No postgres outlives its daemon: it is our foreground child with a
