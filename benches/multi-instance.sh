@@ -113,7 +113,10 @@ run_wrk() { # ADDR CONNECTIONS SECONDS OUT
 field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" "$2"; }
 
 echo "== warm-up ${WARMUP}s on both"
-run_wrk "$a" 8 "$WARMUP" /dev/null & run_wrk "$b" 8 "$WARMUP" /dev/null; wait %1 2>/dev/null || true
+run_wrk "$a" 8 "$WARMUP" /dev/null &
+warm=$!
+run_wrk "$b" 8 "$WARMUP" /dev/null
+wait "$warm"
 
 echo "== one instance: wrk -c$CONNECTIONS -d${DURATION}s against $a"
 run_wrk "$a" "$CONNECTIONS" "$DURATION" "$work/one.out"

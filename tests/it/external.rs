@@ -19,6 +19,8 @@ struct ExternalPg {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    /// Extra `-c name=value` settings (TLS).
+    settings: Vec<String>,
 }
 
 fn as_postgres(program: &str) -> Command {
@@ -35,6 +37,12 @@ fn as_postgres(program: &str) -> Command {
 
 impl ExternalPg {
     fn start() -> Self {
+        Self::start_with(|_| Vec::new())
+    }
+
+    /// `settings` gets the server's directory (owned by `postgres`) and
+    /// returns extra `name=value` settings.
+    fn start_with(settings: impl FnOnce(&Path) -> Vec<String>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("pd-ext-")
             .tempdir_in("/tmp")
@@ -67,10 +75,12 @@ impl ExternalPg {
             .local_addr()
             .expect("addr")
             .port();
+        let settings = settings(dir.path());
         let mut pg = Self {
             dir,
             port,
             child: None,
+            settings,
         };
         pg.spawn();
         pg.admin_sql(
@@ -178,6 +188,17 @@ impl Drop for ExternalPg {
 /// every 4 seconds. `password_file` picks how the password is given.
 fn instance(pg: &ExternalPg, password_file: bool) -> (DataDir, Daemon) {
     let data = DataDir::new();
+    let mut daemon = spawn_instance(pg, &data, password_file, &[]);
+    daemon.wait_ready(Duration::from_secs(90));
+    (data, daemon)
+}
+
+fn spawn_instance(
+    pg: &ExternalPg,
+    data: &DataDir,
+    password_file: bool,
+    extra: &[(&str, &str)],
+) -> Daemon {
     let url = pg.url();
     let file = data.path().join("db.password");
     let mut env = vec![
@@ -192,9 +213,8 @@ fn instance(pg: &ExternalPg, password_file: bool) -> (DataDir, Daemon) {
     } else {
         env.push(("PAGODIRECTO_DATABASE__PASSWORD", URL_PASSWORD));
     }
-    let mut daemon = data.spawn_env(&[], &env);
-    daemon.wait_ready(Duration::from_secs(90));
-    (data, daemon)
+    env.extend_from_slice(extra);
+    data.spawn_env(&[], &env)
 }
 
 fn base(daemon: &Daemon) -> String {
@@ -446,4 +466,82 @@ fn an_external_server_restart_is_survived_without_a_restart() {
         "the daemon must not have restarted"
     );
     assert!(daemon.stop().success());
+}
+
+#[test]
+fn tls_verify_full_checks_the_servers_certificate() {
+    let user = nix::unistd::User::from_name("postgres")
+        .expect("passwd")
+        .expect("a postgres account");
+    let pg = ExternalPg::start_with(|dir| {
+        let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl");
+        ok_stdout(&out);
+        for file in [&cert, &key] {
+            nix::unistd::chown(file, Some(user.uid), Some(user.gid)).expect("chown");
+        }
+        vec![
+            "ssl=on".into(),
+            format!("ssl_cert_file={}", cert.display()),
+            format!("ssl_key_file={}", key.display()),
+        ]
+    });
+    let cert = pg.dir.path().join("server.crt").display().to_string();
+
+    // The right CA: serves, over TLS, and pg_dump (libpq) verifies too.
+    let data = DataDir::new();
+    let mut daemon = spawn_instance(
+        &pg,
+        &data,
+        false,
+        &[
+            ("PAGODIRECTO_DATABASE__SSLMODE", "verify-full"),
+            ("PAGODIRECTO_DATABASE__CA_FILE", &cert),
+        ],
+    );
+    daemon.wait_ready(Duration::from_secs(90));
+    assert_eq!(
+        pg.admin_sql(
+            "crm",
+            "SELECT bool_and(ssl) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE usename = 'pd'"
+        ),
+        "t"
+    );
+    let out = data.cli(&["backup", "create", "--name", "over-tls"]);
+    ok_stdout(&out);
+    assert!(daemon.stop().success());
+
+    // Another CA: the start fails and says why.
+    let other = DataDir::new();
+    let wrong = other.path().join("other-ca.pem");
+    ok_stdout(
+        &Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=other"])
+            .arg("-keyout")
+            .arg(other.path().join("other.key"))
+            .arg("-out")
+            .arg(&wrong)
+            .output()
+            .expect("openssl"),
+    );
+    let mut refused = spawn_instance(
+        &pg,
+        &other,
+        false,
+        &[
+            ("PAGODIRECTO_DATABASE__SSLMODE", "verify-full"),
+            ("PAGODIRECTO_DATABASE__CA_FILE", &wrong.display().to_string()),
+        ],
+    );
+    assert!(!refused.wait_exit(Duration::from_secs(60)).success());
+    let log = refused.log();
+    assert!(log.to_lowercase().contains("certificate"), "{log}");
 }
