@@ -106,6 +106,7 @@ impl ExternalPg {
                 "-c",
                 "listen_addresses=127.0.0.1",
             ])
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .arg("-k")
             .arg(self.dir.path())
             .current_dir(self.dir.path())
@@ -474,17 +475,59 @@ fn tls_verify_full_checks_the_servers_certificate() {
         .expect("passwd")
         .expect("a postgres account");
     let pg = ExternalPg::start_with(|dir| {
+        // A CA, and a server certificate it signs for 127.0.0.1 (webpki
+        // refuses a self-signed CA certificate as the server's).
         let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
-        let out = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
-            .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("openssl");
-        ok_stdout(&out);
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("ext file");
+        let p = |name: &str| dir.join(name).display().to_string();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.crt"),
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &p("server.key"),
+            "-out",
+            &p("server.csr"),
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &p("server.csr"),
+            "-CA",
+            &p("ca.crt"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &p("server.ext"),
+            "-out",
+            &p("server.crt"),
+        ]);
         for file in [&cert, &key] {
             nix::unistd::chown(file, Some(user.uid), Some(user.gid)).expect("chown");
         }
@@ -494,7 +537,7 @@ fn tls_verify_full_checks_the_servers_certificate() {
             format!("ssl_key_file={}", key.display()),
         ]
     });
-    let cert = pg.dir.path().join("server.crt").display().to_string();
+    let cert = pg.dir.path().join("ca.crt").display().to_string();
 
     // The right CA: serves, over TLS, and pg_dump (libpq) verifies too.
     let data = DataDir::new();
@@ -522,26 +565,45 @@ fn tls_verify_full_checks_the_servers_certificate() {
     // Another CA: the start fails and says why.
     let other = DataDir::new();
     let wrong = other.path().join("other-ca.pem");
-    ok_stdout(
-        &Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=other"])
-            .arg("-keyout")
-            .arg(other.path().join("other.key"))
-            .arg("-out")
-            .arg(&wrong)
-            .output()
-            .expect("openssl"),
-    );
+    let other_key = other.path().join("other.key").display().to_string();
+    let other_pem = wrong.display().to_string();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=other",
+        "-keyout",
+        &other_key,
+        "-out",
+        &other_pem,
+    ]);
     let mut refused = spawn_instance(
         &pg,
         &other,
         false,
         &[
             ("PAGODIRECTO_DATABASE__SSLMODE", "verify-full"),
-            ("PAGODIRECTO_DATABASE__CA_FILE", &wrong.display().to_string()),
+            (
+                "PAGODIRECTO_DATABASE__CA_FILE",
+                &wrong.display().to_string(),
+            ),
         ],
     );
     assert!(!refused.wait_exit(Duration::from_secs(60)).success());
     let log = refused.log();
     assert!(log.to_lowercase().contains("certificate"), "{log}");
+}
+
+fn openssl(args: &[&str]) {
+    ok_stdout(
+        &Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl"),
+    );
 }
