@@ -99,7 +99,7 @@ impl Host {
             let point = unescape(point);
             match fstype {
                 "cgroup2" => {
-                    if let Some(rel) = self.own_path(|c| c.is_empty()) {
+                    if let Some(rel) = self.own_path(str::is_empty) {
                         v2 = Some(join(&point, rel));
                     }
                 }
@@ -291,7 +291,12 @@ impl Group {
 /// `max`, or microseconds per [`PERIOD_US`] (at least the kernel's 1 ms).
 fn quota(cores: Option<f64>) -> String {
     match cores {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // validated: 0.01..=1024
+        // Validated: 0.01..=1024 cores, so the product is small and positive.
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
         Some(c) if c > 0.0 => ((c * PERIOD_US as f64).round() as u64)
             .max(1000)
             .to_string(),
@@ -373,7 +378,7 @@ impl Cgroups {
     pub fn setup(host: &Host, id: &str, budget: &Budget) -> Self {
         let located = match host.locate() {
             Ok(located) => located,
-            Err(reason) => return Self::none(reason),
+            Err(reason) => return Self::none(&reason),
         };
         let (mode, origin) = match located {
             Located::V2(dir) => {
@@ -410,12 +415,12 @@ impl Cgroups {
             }
             Err(err) => {
                 tree.undo(mode);
-                Self::none(format!("cgroup {mode} not usable: {}", anyhow_like(&err)))
+                Self::none(&format!("cgroup {mode} not usable: {}", anyhow_like(&err)))
             }
         }
     }
 
-    fn none(reason: String) -> Self {
+    fn none(reason: &str) -> Self {
         Self {
             mode: Mode::None,
             note: format!("{reason}; relying on the derived settings and rlimits"),

@@ -291,18 +291,17 @@ impl LimitsConfig {
             ));
         }
         let connections = CONNECTION_MEMORY.as_u64() * u64::from(self.max_connections);
-        let (shared_buffers, origin) = match settings.get("shared_buffers") {
-            Some(value) => match pg_memory(value, 8 * 1024) {
-                Some(bytes) => (bytes, "set in database.settings"),
-                None => {
-                    out.push((
-                        "database.settings",
-                        format!("shared_buffers = {value:?} is not a PostgreSQL memory size (e.g. \"128MB\")"),
-                    ));
-                    return out;
-                }
-            },
-            None => (self.postgres_memory.as_u64() / 4, "derived"),
+        let (shared_buffers, origin) = if let Some(value) = settings.get("shared_buffers") {
+            let Some(bytes) = pg_memory(value, 8 * 1024) else {
+                out.push((
+                    "database.settings",
+                    format!("shared_buffers = {value:?} is not a PostgreSQL memory size (e.g. \"128MB\")"),
+                ));
+                return out;
+            };
+            (bytes, "set in database.settings")
+        } else {
+            (self.postgres_memory.as_u64() / 4, "derived")
         };
         if shared_buffers + connections > self.postgres_memory.as_u64() {
             out.push((
@@ -900,7 +899,7 @@ mod tests {
             "[limits]\nmemory = \"4GiB\"\npostgres_memory = \"3GiB\"\ncpu = 2\npostgres_cpu = 1.5\n[database.settings]\nshared_buffers = \"131072\"",
         )
         .expect("a budget that adds up");
-        assert_eq!(config.limits.postgres_cpu, 1.5);
+        assert!((config.limits.postgres_cpu - 1.5).abs() < f64::EPSILON);
     }
 
     #[test]

@@ -272,6 +272,7 @@ fn child_nofile() -> Option<(u64, u64)> {
 /// Raises this process's open-files soft limit to its hard limit: every
 /// connection, pooled socket and log file is a descriptor, and the 1024
 /// default is a number of clients, not a limit we chose. Returns the limit.
+#[must_use]
 pub fn raise_own_nofile() -> Option<u64> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;

@@ -219,12 +219,11 @@ fn postgres_binaries(config: &Config, paths: &Paths) -> Finding {
 /// Who must own the data: PostgreSQL's account when we are root, else us.
 fn data_dir_ownership(paths: &Paths, account: Option<&account::Account>) -> Vec<Finding> {
     let name = "data dir";
-    let (uid, who) = match account {
-        Some(a) => (a.uid.as_raw(), format!("{} (uid {})", a.name, a.uid)),
-        None => {
-            let me = nix::unistd::Uid::effective();
-            (me.as_raw(), format!("uid {me}"))
-        }
+    let (uid, who) = if let Some(a) = account {
+        (a.uid.as_raw(), format!("{} (uid {})", a.name, a.uid))
+    } else {
+        let me = nix::unistd::Uid::effective();
+        (me.as_raw(), format!("uid {me}"))
     };
     let chown_hint = |dir: &Path| {
         account.map_or_else(
