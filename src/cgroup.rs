@@ -414,7 +414,7 @@ impl Cgroups {
                 }
             }
             Err(err) => {
-                tree.undo(mode);
+                tree.undo();
                 Self::none(&format!("cgroup {mode} not usable: {}", anyhow_like(&err)))
             }
         }
@@ -477,20 +477,23 @@ impl Cgroups {
     }
 }
 
-/// Removes the groups; dropped once postgres has exited. In v1 the daemon
-/// moves back where it came from first; in v2 it cannot (its old group now
-/// hands out controllers), so its leaf stays for systemd to remove with the
-/// service.
+/// Removes the groups (see `Tree::undo`); the daemon drops them once
+/// postgres has exited.
 impl Drop for Cgroups {
     fn drop(&mut self) {
         if let Some(tree) = &self.tree {
-            tree.undo(self.mode);
+            tree.undo();
         }
     }
 }
 
 impl Tree {
-    fn undo(&self, mode: Mode) {
+    /// Removes what it can: PostgreSQL's leaf once its processes are gone,
+    /// then, if the daemon can move back to where it came from, its leaf
+    /// and the appliance's group. In v2 that move fails once the old group
+    /// hands out controllers (it may then hold no process), and the rest
+    /// stays for systemd to remove with the service.
+    fn undo(&self) {
         // Backends exit shortly after their postmaster; give them a moment.
         for _ in 0..100 {
             if self.postgres.remove() {
@@ -498,7 +501,7 @@ impl Tree {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        if mode == Mode::V1 && self.origin.add(0).is_ok() {
+        if self.origin.add(0).is_ok() {
             self.daemon.remove();
             self.appliance.remove();
         }
