@@ -479,3 +479,19 @@ fn ready_names_the_directory_and_bytes_when_the_disk_is_below_the_reserve() {
     assert!(body.contains("reserve 1000.0 TiB"), "{body}");
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn the_system_page_gets_the_budget_beside_the_samples() {
+    let crm = crate::api_support::Crm::start();
+    let res = crm.get(&crm.owner, "/api/v1/system/resources").expect(200);
+    assert_eq!(
+        res.body["memory_bytes"].as_u64(),
+        Some(1 << 30),
+        "{}",
+        res.body
+    );
+    assert_eq!(res.body["postgres_memory_bytes"].as_u64(), Some(512 << 20));
+    assert_eq!(res.body["cpu_cores"].as_f64(), Some(0.0));
+    assert_eq!(res.body["postgres_cpu_cores"].as_f64(), Some(0.0));
+    assert!(res.body["samples"].is_array());
+}
