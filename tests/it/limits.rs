@@ -34,7 +34,7 @@ fn a_postgres_memory_limit_is_enforced_and_the_appliance_recovers() {
     // a 400 MB string does not.
     std::fs::write(
         &config,
-        "[limits]\npostgres_memory = \"128MiB\"\nmax_connections = 20\npool_size = 8\n[backup]\nschedule = \"\"\n",
+        "[limits]\npostgres_memory = \"128MiB\"\nmax_connections = 20\npool_size = 8\ncpu = 1.5\npostgres_cpu = 1\n[backup]\nschedule = \"\"\n",
     )
     .expect("config");
     let config = config.to_str().expect("utf8").to_string();
@@ -64,6 +64,56 @@ fn a_postgres_memory_limit_is_enforced_and_the_appliance_recovers() {
         "postmaster in {memory_path}, group is {}",
         pg_dir.display()
     );
+    // And its CPU quota: one core, 100 ms per 100 ms period (v1 cpu
+    // hierarchy, or v2's cpu.max).
+    let quota = match cgroup_of(postmaster, "cpu") {
+        Some(path) => std::fs::read_to_string(format!(
+            "/sys/fs/cgroup/cpu/{}/cpu.cfs_quota_us",
+            path.trim_start_matches('/')
+        ))
+        .expect("quota"),
+        None => std::fs::read_to_string(pg_dir.join("cpu.max")).expect("cpu.max"),
+    };
+    assert!(
+        quota.trim() == "100000" || quota.trim() == "100000 100000",
+        "{quota}"
+    );
+    // The daemon is in the appliance's group, under the whole budget:
+    // `memory` (1 GiB by default) and `cpu` (1.5 cores).
+    let daemon_pid = daemon.pid() as u64;
+    if cgroup["mode"] == "v1" {
+        let mem = cgroup_of(daemon_pid, "memory").expect("memory cgroup");
+        let cpu = cgroup_of(daemon_pid, "cpu").expect("cpu cgroup");
+        assert!(
+            mem.ends_with("/daemon") && cpu.ends_with("/daemon"),
+            "{mem} {cpu}"
+        );
+        let read = |file: String| {
+            std::fs::read_to_string(file)
+                .expect("read")
+                .trim()
+                .to_string()
+        };
+        let parent = |p: &str| {
+            p.trim_start_matches('/')
+                .trim_end_matches("/daemon")
+                .to_string()
+        };
+        assert_eq!(
+            read(format!(
+                "/sys/fs/cgroup/memory/{}/memory.limit_in_bytes",
+                parent(&mem)
+            )),
+            (1u64 << 30).to_string()
+        );
+        assert_eq!(
+            read(format!(
+                "/sys/fs/cgroup/cpu/{}/cpu.cfs_quota_us",
+                parent(&cpu)
+            )),
+            "150000"
+        );
+    }
     let limits = std::fs::read_to_string(format!("/proc/{postmaster}/limits")).expect("limits");
     let core = limits
         .lines()
