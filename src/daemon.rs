@@ -80,6 +80,9 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
 
     let mut signals = Signals::new()?;
     let open_files = supervisor::raise_own_nofile();
+    if !config.limits.core_dumps {
+        supervisor::forbid_own_core_dumps();
+    }
     let assets = web_assets(options.dev_assets)?;
     fsutil::ensure_dir(paths.data_dir(), 0o700)
         .with_context(|| format!("creating the data dir {}", paths.data_dir().display()))?;

@@ -282,6 +282,16 @@ pub fn raise_own_nofile() -> Option<u64> {
     Some(hard)
 }
 
+/// Sets this process's core-dump soft limit to 0, so every process it
+/// starts (initdb, pg_dump, psql… not only supervised children) inherits
+/// it: a core of any of them may hold customer data.
+pub fn forbid_own_core_dumps() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_CORE) {
+        let _ = setrlimit(Resource::RLIMIT_CORE, 0, hard);
+    }
+}
+
 async fn forward_lines(stream: impl AsyncRead + Unpin, output: fn(&str)) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {

@@ -234,6 +234,13 @@ fn status_json_shows_daemon_postgres_cgroup_limits_resources_backups_and_config(
     assert_eq!(limits["core_dumps"], false);
     // Raised to the hard limit at start, so at least the usual 1024.
     assert!(limits["open_files"].as_u64().expect("nofile") >= 1024);
+    // No core dumps from the daemon, nor from anything it starts.
+    let own = std::fs::read_to_string(format!("/proc/{}/limits", daemon.pid())).expect("limits");
+    let core = own
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("core row");
+    assert_eq!(core.split_whitespace().nth(4), Some("0"), "{core}");
 
     let cgroup = &status["cgroup"];
     assert!(
