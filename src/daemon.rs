@@ -79,10 +79,7 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
     info!(version = env!("CARGO_PKG_VERSION"), config = %source, data_dir = %paths.data_dir().display(), "starting");
 
     let mut signals = Signals::new()?;
-    let open_files = supervisor::raise_own_nofile();
-    if !config.limits.core_dumps {
-        supervisor::forbid_own_core_dumps();
-    }
+    let open_files = own_rlimits(config.limits.core_dumps);
     let assets = web_assets(options.dev_assets)?;
     fsutil::ensure_dir(paths.data_dir(), 0o700)
         .with_context(|| format!("creating the data dir {}", paths.data_dir().display()))?;
@@ -378,6 +375,15 @@ impl Serving {
         // database goes away; a restore is waited for, bounded.
         self.backups.abort_and_wait(drain).await;
     }
+}
+
+/// The daemon's own rlimits, inherited by everything it starts: open files
+/// up to the hard limit (returned), and no core dumps unless allowed.
+fn own_rlimits(core_dumps: bool) -> Option<u64> {
+    if !core_dumps {
+        supervisor::forbid_own_core_dumps();
+    }
+    supervisor::raise_own_nofile()
 }
 
 /// The appliance's cgroups for this data dir, or none, said once in the log.
