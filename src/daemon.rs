@@ -272,7 +272,7 @@ async fn start_serving(
     let stop_control = CancellationToken::new();
     tokio::spawn(control::serve(
         control_listener,
-        control_tx,
+        control_tx.clone(),
         stop_control.clone(),
     ));
 
@@ -285,6 +285,7 @@ async fn start_serving(
         backups: Some(backups.clone()),
         samples: samples.clone(),
         limits: config.limits.clone(),
+        status: Some(control_tx.clone()),
     });
     let edge = http::edge::Edge::new(&config.server);
     let metrics = metrics_endpoint(config, &health, &backups, pg_status.clone(), cgroups);

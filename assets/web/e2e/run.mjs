@@ -374,12 +374,19 @@ async function main() {
     await shot('06-users');
   });
 
-  await step('open the System page: readiness, an honest empty state, back up now', async () => {
+  await step('open the System page: readiness, uptime and restarts, resource charts, back up now', async () => {
     await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'System' }).click();
     await heading('System').waitFor();
     await page.getByText('Ready', { exact: true }).waitFor();
     await page.getByRole('rowheader', { name: 'postgres' }).waitFor();
-    await page.getByText('Resource usage appears once metrics are built.').waitFor();
+    await page.getByText('none since the server started').waitFor();
+    // Charts of the sampler's measurements against the configured limits
+    // (the first sample is taken as the server starts).
+    const memory = page.getByRole('img', { name: /^Memory, last \d+ minutes\. Now: PostgreSQL [\d.]+ MiB/ });
+    await memory.waitFor();
+    check(/PostgreSQL budget [\d.]+ [KMG]iB/.test(await memory.getAttribute('aria-label')), 'the memory chart shows the budget');
+    await page.getByRole('img', { name: /^CPU, last/ }).waitFor();
+    await page.getByRole('img', { name: /^Disk free, last/ }).waitFor();
     await page.getByText('No backups yet.').waitFor();
     await page.getByRole('button', { name: 'Back up now' }).click();
     await page.getByRole('table', { name: 'Backups, newest first' }).getByRole('row').nth(1).waitFor({ timeout: 90_000 });
