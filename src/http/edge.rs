@@ -396,8 +396,18 @@ mod tests {
     use super::*;
 
     fn app(cfg: &ServerConfig) -> Router {
+        app_with(Edge::new(cfg))
+    }
+
+    fn app_with(edge: Arc<Edge>) -> Router {
         Router::new()
             .route("/fast", get(|| async { "ok" }))
+            .route(
+                "/upload",
+                axum::routing::post(
+                    |body: axum::body::Bytes| async move { body.len().to_string() },
+                ),
+            )
             .route("/api/v1/auth/login", get(|| async { "login" }))
             .route("/health", get(|| async { "up" }))
             .route(
@@ -407,7 +417,7 @@ mod tests {
                     "late"
                 }),
             )
-            .layer(axum::middleware::from_fn_with_state(Edge::new(cfg), edge))
+            .layer(axum::middleware::from_fn_with_state(edge, super::edge))
     }
 
     fn request(path: &str, from: [u8; 4], headers: &[(&str, &str)]) -> Request {
@@ -610,6 +620,179 @@ mod tests {
             after.status(),
             200,
             "capacity is back once the slow one finished"
+        );
+    }
+
+    fn with_method(mut req: Request, method: &str) -> Request {
+        *req.method_mut() = method.parse().expect("method");
+        req
+    }
+
+    #[tokio::test]
+    async fn cors_answers_configured_origins_only_and_follows_a_reload() {
+        let cfg = ServerConfig {
+            cors_origins: vec!["https://app.example".into()],
+            ..ServerConfig::default()
+        };
+        let edge = Edge::new(&cfg);
+        let app = app_with(edge.clone());
+        let preflight = |origin: &str| {
+            with_method(
+                request(
+                    "/fast",
+                    [10, 0, 0, 1],
+                    &[
+                        ("origin", origin),
+                        ("access-control-request-method", "POST"),
+                        (
+                            "access-control-request-headers",
+                            "authorization, content-type",
+                        ),
+                    ],
+                ),
+                "OPTIONS",
+            )
+        };
+        let ok = app
+            .clone()
+            .oneshot(preflight("https://app.example"))
+            .await
+            .expect("res");
+        assert_eq!(ok.status(), 204);
+        assert_eq!(
+            ok.headers()["access-control-allow-origin"],
+            "https://app.example"
+        );
+        let methods = ok.headers()["access-control-allow-methods"]
+            .to_str()
+            .expect("str");
+        assert!(methods.contains("POST"), "{methods}");
+        let allowed = ok.headers()["access-control-allow-headers"]
+            .to_str()
+            .expect("str");
+        assert!(allowed.contains("authorization"), "{allowed}");
+
+        let refused = app
+            .clone()
+            .oneshot(preflight("https://evil.example"))
+            .await
+            .expect("res");
+        assert_ne!(refused.status(), 204);
+        for name in refused.headers().keys() {
+            assert!(
+                !name.as_str().starts_with("access-control-"),
+                "{name} for another origin"
+            );
+        }
+
+        let simple = app
+            .clone()
+            .oneshot(request(
+                "/fast",
+                [10, 0, 0, 1],
+                &[("origin", "https://app.example")],
+            ))
+            .await
+            .expect("res");
+        assert_eq!(
+            simple.headers()["access-control-allow-origin"],
+            "https://app.example"
+        );
+        assert!(
+            simple.headers()["access-control-expose-headers"]
+                .to_str()
+                .expect("str")
+                .contains("etag")
+        );
+        let other = app
+            .clone()
+            .oneshot(request(
+                "/fast",
+                [10, 0, 0, 1],
+                &[("origin", "https://evil.example")],
+            ))
+            .await
+            .expect("res");
+        assert_eq!(other.status(), 200);
+        assert!(!other.headers().contains_key("access-control-allow-origin"));
+
+        // A reload replaces the list.
+        edge.update(&ServerConfig {
+            cors_origins: vec!["https://evil.example".into()],
+            ..ServerConfig::default()
+        });
+        let now = app
+            .clone()
+            .oneshot(preflight("https://evil.example"))
+            .await
+            .expect("res");
+        assert_eq!(now.status(), 204);
+        let old = app
+            .oneshot(preflight("https://app.example"))
+            .await
+            .expect("res");
+        assert!(!old.headers().contains_key("access-control-allow-origin"));
+    }
+
+    #[tokio::test]
+    async fn hsts_only_with_tls() {
+        let plain = app(&ServerConfig::default())
+            .oneshot(request("/fast", [10, 0, 0, 1], &[]))
+            .await
+            .expect("res");
+        assert!(!plain.headers().contains_key("strict-transport-security"));
+        let tls = app(&ServerConfig {
+            tls: crate::config::TlsMode::SelfSigned,
+            ..ServerConfig::default()
+        })
+        .oneshot(request("/fast", [10, 0, 0, 1], &[]))
+        .await
+        .expect("res");
+        assert_eq!(tls.headers()["strict-transport-security"], HSTS);
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_refused_whether_declared_or_streamed() {
+        let cfg = ServerConfig {
+            max_body: bytesize::ByteSize::kib(1),
+            ..ServerConfig::default()
+        };
+        let app = app(&cfg);
+        let upload = |body: Body, len: Option<usize>| {
+            let mut req = with_method(request("/upload", [10, 0, 0, 1], &[]), "POST");
+            if let Some(len) = len {
+                req.headers_mut().insert("content-length", len.into());
+            }
+            *req.body_mut() = body;
+            req
+        };
+        let small = app
+            .clone()
+            .oneshot(upload(Body::from(vec![b'x'; 1000]), Some(1000)))
+            .await
+            .expect("res");
+        assert_eq!(small.status(), 200);
+        let declared = app
+            .clone()
+            .oneshot(upload(Body::from(vec![b'x'; 2000]), Some(2000)))
+            .await
+            .expect("res");
+        assert_eq!(declared.status(), 413);
+        assert_eq!(
+            declared.headers()["content-type"],
+            "application/problem+json"
+        );
+        let chunks = futures_util::stream::iter(
+            (0..4).map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b'x'; 500]))),
+        );
+        let streamed = app
+            .oneshot(upload(Body::from_stream(chunks), None))
+            .await
+            .expect("res");
+        assert_eq!(
+            streamed.status(),
+            413,
+            "a chunked body is cut off at the limit"
         );
     }
 
