@@ -154,10 +154,10 @@ impl OpenConnection {
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.seen.matches("HTTP/1.1 200").count() == before {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.received.recv_timeout(left) {
-                Ok(bytes) => self.seen.push_str(&String::from_utf8_lossy(&bytes)),
-                Err(_) => panic!("no 200 on the open connection; got: {}", self.seen),
-            }
+            let bytes = self.received.recv_timeout(left).unwrap_or_else(|err| {
+                panic!("no 200 on the open connection ({err}); got: {}", self.seen)
+            });
+            self.seen.push_str(&String::from_utf8_lossy(&bytes));
         }
     }
 }
