@@ -9,12 +9,14 @@
 //! ```text
 //! pagodirecto run
 //!  ├─ supervisor ── postgres (child, own process group, unprivileged user)
-//!  ├─ HTTP server: edge (request ids, headers, rate limits, shedding) →
+//!  ├─ HTTP server: accept loop (TLS, h2/http1.1) → edge (request ids, headers,
+//!  │               CORS, rate limits, body limit, shedding) →
 //!  │               /api/v1/* (JWT, roles, RLS-isolated tenants), /openapi.json,
 //!  │               /health /ready /metrics, the web app (embedded SPA)
 //!  ├─ control socket (unix, 0600): the CLI talks to the running daemon
 //!  ├─ schedules: backups (cron) with retention, restore drills
-//!  └─ watchers: config file (+ SIGHUP), resource sampler, systemd watchdog
+//!  └─ watchers: config file (+ SIGHUP), TLS certificate files, resource
+//!               sampler, systemd watchdog
 //! ```
 //!
 //! Start: config → logging → lock the data dir → find (or download)
@@ -52,8 +54,10 @@
 //! - [`http`]: the axum router and server; `http::api::*` one module per
 //!   resource, all through `http::api::Scoped` (the tenant-scoped
 //!   transaction) and `http::error::ApiError` (problem+json); `http::edge`
-//!   is the proxy layer; `http::assets` serves the web app (`assets/dist`,
-//!   embedded at compile time) as the fallback.
+//!   is the proxy layer; `http::server` the accept loop over already-bound
+//!   sockets (plain or TLS, header read timeout, drain); `http::tls` the
+//!   rustls setup and the reloadable certificate; `http::assets` serves the
+//!   web app (`assets/dist`, embedded at compile time) as the fallback.
 //! - [`control`]: the control socket protocol (server and client).
 //! - [`logging`]: tracing to stderr and daily files; reading them back.
 //! - [`systemd`]: READY/STATUS/STOPPING/WATCHDOG notifications (no-ops
@@ -75,6 +79,9 @@
 //! - Tenant isolation is enforced by PostgreSQL (forced RLS, composite foreign
 //!   keys), not by handlers: the API's role owns nothing and sees no rows
 //!   until `iam.begin_request` scopes its transaction.
+//! - A TLS certificate is served only after it parsed and matched its key;
+//!   a refused replacement leaves the one in use, and a swap reaches new
+//!   handshakes only, never an open connection.
 //! - A backup is good only once its manifest exists, which is written after
 //!   the file is fsynced, renamed and verified.
 //! - A request path reaches the filesystem only in `--dev-assets` mode, and

@@ -19,4 +19,5 @@ mod api_users;
 mod binaries;
 mod browser;
 mod cli;
+mod edge;
 mod lifecycle;
