@@ -20,3 +20,4 @@ mod binaries;
 mod browser;
 mod cli;
 mod lifecycle;
+mod service;
