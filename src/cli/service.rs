@@ -180,11 +180,7 @@ fn install_binary(layout: &Layout) -> Result<PathBuf> {
         println!("binary     {} (already there)", layout.exe.display());
     } else {
         let bytes = fs::read(&current).with_context(|| format!("reading {}", current.display()))?;
-        if let Some(dir) = dest.parent() {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        fsutil::write_atomic(&dest, &bytes, 0o755)
-            .with_context(|| format!("writing {}", dest.display()))?;
+        write_bytes(&dest, &bytes, 0o755)?;
         println!("binary     {} (copied from {})", layout.exe.display(), current.display());
     }
     Ok(layout.exe.clone())
@@ -194,9 +190,6 @@ fn install_binary(layout: &Layout) -> Result<PathBuf> {
 /// the .deb does), else `useradd` with the same fields.
 fn ensure_user(layout: &Layout) -> Result<(Uid, Gid)> {
     let sysusers = layout.at(SYSUSERS_FILE);
-    if let Some(dir) = sysusers.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
     write(&sysusers, SYSUSERS, 0o644)?;
     if let Some(ids) = lookup_user(layout)? {
         return Ok(ids);
@@ -321,6 +314,13 @@ fn remove_file(layout: &Layout, file: &Path) -> Result<()> {
 }
 
 fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
-    fsutil::write_atomic(path, text.as_bytes(), mode)
-        .with_context(|| format!("writing {}", path.display()))
+    write_bytes(path, text.as_bytes(), mode)
+}
+
+/// Atomically, creating the parent directories.
+fn write_bytes(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    fsutil::write_atomic(path, bytes, mode).with_context(|| format!("writing {}", path.display()))
 }
