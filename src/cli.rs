@@ -230,7 +230,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     };
     match command {
         Command::Config { action } => config_cmd::run(&action, load()),
-        Command::Service { action } => service::run(action),
+        Command::Service { action } => service::run(&action),
         Command::Run {
             demo, dev_assets, ..
         } => runtime.block_on(run::run(load()?, demo, dev_assets)),

@@ -104,8 +104,7 @@ impl Layout {
 
     fn at(&self, path: impl AsRef<Path>) -> PathBuf {
         let path = path.as_ref();
-        self.root
-            .join(path.strip_prefix("/").unwrap_or(path))
+        self.root.join(path.strip_prefix("/").unwrap_or(path))
     }
 
     fn is_host(&self) -> bool {
@@ -113,13 +112,13 @@ impl Layout {
     }
 }
 
-pub fn run(action: ServiceAction) -> Result<ExitCode> {
+pub fn run(action: &ServiceAction) -> Result<ExitCode> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "`pagodirecto service` must run as root: it creates the {USER} system user and writes /etc (try: sudo pagodirecto service …)"
         );
     }
-    let (target, purge) = match &action {
+    let (target, purge) = match action {
         ServiceAction::Install { target } => (target, None),
         ServiceAction::Uninstall { target, purge } => (target, Some(*purge)),
     };
@@ -174,14 +173,18 @@ fn install(layout: &Layout) -> Result<ExitCode> {
 fn install_binary(layout: &Layout) -> Result<PathBuf> {
     let current = std::env::current_exe().context("finding this binary")?;
     let dest = layout.at(&layout.exe);
-    let same = fs::canonicalize(&dest)
-        .is_ok_and(|d| fs::canonicalize(&current).is_ok_and(|c| c == d));
+    let same =
+        fs::canonicalize(&dest).is_ok_and(|d| fs::canonicalize(&current).is_ok_and(|c| c == d));
     if same {
         println!("binary     {} (already there)", layout.exe.display());
     } else {
         let bytes = fs::read(&current).with_context(|| format!("reading {}", current.display()))?;
         write_bytes(&dest, &bytes, 0o755)?;
-        println!("binary     {} (copied from {})", layout.exe.display(), current.display());
+        println!(
+            "binary     {} (copied from {})",
+            layout.exe.display(),
+            current.display()
+        );
     }
     Ok(layout.exe.clone())
 }
@@ -215,7 +218,8 @@ fn ensure_user(layout: &Layout) -> Result<(Uid, Gid)> {
     if !status.success() {
         bail!("creating the {USER} user failed ({status}); create it yourself and run this again");
     }
-    lookup_user(layout)?.with_context(|| format!("the {USER} user is still missing after creating it"))
+    lookup_user(layout)?
+        .with_context(|| format!("the {USER} user is still missing after creating it"))
 }
 
 /// `(uid, gid)` of our user in the target's user database: NSS on the host,
@@ -278,7 +282,9 @@ fn uninstall(layout: &Layout, purge: bool) -> Result<ExitCode> {
             match fs::remove_dir_all(&path) {
                 Ok(()) => println!("removed    {dir}"),
                 Err(err) if err.kind() == ErrorKind::NotFound => {}
-                Err(err) => return Err(err).with_context(|| format!("removing {}", path.display())),
+                Err(err) => {
+                    return Err(err).with_context(|| format!("removing {}", path.display()));
+                }
             }
         }
         if lookup_user(layout)?.is_some() {
@@ -293,7 +299,9 @@ fn uninstall(layout: &Layout, purge: bool) -> Result<ExitCode> {
             println!("removed    user {USER}");
         }
     } else {
-        println!("kept       {DATA_DIR} {LOG_DIR} {CONFIG_FILE} and user {USER} (--purge deletes them)");
+        println!(
+            "kept       {DATA_DIR} {LOG_DIR} {CONFIG_FILE} and user {USER} (--purge deletes them)"
+        );
     }
     if layout.is_host() && Path::new("/run/systemd/system").exists() {
         let _ = Command::new("systemctl").arg("daemon-reload").status();

@@ -70,13 +70,21 @@ fn the_unit_is_rated_at_most_2_by_systemd_analyze_security() {
 
 /// The number in "→ Overall exposure level for pagodirecto.service: 1.5 OK 🙂".
 fn exposure(text: &str) -> Option<f64> {
-    let line = text.lines().find(|l| l.contains("Overall exposure level"))?;
-    line.rsplit_once(": ")?.1.split_whitespace().next()?.parse().ok()
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))?;
+    line.rsplit_once(": ")?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[test]
 fn exposure_is_read_from_the_summary_line() {
-    let text = "✗ PrivateNetwork= …  0.5\n\n→ Overall exposure level for pagodirecto.service: 1.5 OK 🙂\n";
+    let text =
+        "✗ PrivateNetwork= …  0.5\n\n→ Overall exposure level for pagodirecto.service: 1.5 OK 🙂\n";
     assert_eq!(exposure(text), Some(1.5));
     assert_eq!(
         exposure("→ Overall exposure level for x.service: 9.6 UNSAFE 😨"),
@@ -116,7 +124,8 @@ impl Stage {
         let passwd = fs::read_to_string(self.path("etc/passwd")).ok()?;
         passwd.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            (f[0] == "pagodirecto").then(|| (f[2].parse().expect("uid"), f[3].parse().expect("gid")))
+            (f[0] == "pagodirecto")
+                .then(|| (f[2].parse().expect("uid"), f[3].parse().expect("gid")))
         })
     }
 }
@@ -141,7 +150,9 @@ fn service_install_writes_the_user_directories_config_and_unit() {
         "{out}"
     );
 
-    let (uid, gid) = stage.user().expect("pagodirecto in the stage's /etc/passwd");
+    let (uid, gid) = stage
+        .user()
+        .expect("pagodirecto in the stage's /etc/passwd");
     assert!(uid > 0 && uid < 1000, "a system uid: {uid}");
     let passwd = fs::read_to_string(stage.path("etc/passwd")).expect("passwd");
     assert!(
@@ -150,7 +161,11 @@ fn service_install_writes_the_user_directories_config_and_unit() {
     );
     assert_owner_mode(&stage.path("var/lib/pagodirecto"), (uid, gid), 0o700);
     assert_owner_mode(&stage.path("var/log/pagodirecto"), (uid, gid), 0o750);
-    assert_owner_mode(&stage.path("etc/pagodirecto/pagodirecto.toml"), (0, 0), 0o644);
+    assert_owner_mode(
+        &stage.path("etc/pagodirecto/pagodirecto.toml"),
+        (0, 0),
+        0o644,
+    );
     assert_eq!(
         fs::read_to_string(stage.path("etc/pagodirecto/pagodirecto.toml")).expect("config"),
         CONFIG
@@ -163,8 +178,8 @@ fn service_install_writes_the_user_directories_config_and_unit() {
         fs::read(&exe).expect("copied binary"),
         fs::read(BIN).expect("test binary")
     );
-    let unit = fs::read_to_string(stage.path("etc/systemd/system/pagodirecto.service"))
-        .expect("unit");
+    let unit =
+        fs::read_to_string(stage.path("etc/systemd/system/pagodirecto.service")).expect("unit");
     assert_eq!(
         unit,
         UNIT.replace(
@@ -172,7 +187,10 @@ fn service_install_writes_the_user_directories_config_and_unit() {
             "ExecStart=/usr/local/bin/pagodirecto "
         )
     );
-    let version = Command::new(&exe).arg("--version").output().expect("run copy");
+    let version = Command::new(&exe)
+        .arg("--version")
+        .output()
+        .expect("run copy");
     assert!(version.status.success(), "the copy runs");
 }
 
@@ -201,15 +219,26 @@ fn service_uninstall_keeps_data_config_and_user_unless_purge() {
 
     let out = ok_stdout(&stage.service(&["uninstall"]));
     assert!(out.contains("--purge deletes them"), "{out}");
-    assert!(!stage.path("etc/systemd/system/pagodirecto.service").exists());
+    assert!(
+        !stage
+            .path("etc/systemd/system/pagodirecto.service")
+            .exists()
+    );
     assert!(!stage.path("usr/local/bin/pagodirecto").exists());
     assert!(precious.exists(), "data kept");
-    assert!(stage.path("etc/pagodirecto/pagodirecto.toml").exists(), "config kept");
+    assert!(
+        stage.path("etc/pagodirecto/pagodirecto.toml").exists(),
+        "config kept"
+    );
     assert!(stage.path("var/log/pagodirecto").is_dir(), "logs kept");
     assert!(stage.user().is_some(), "user kept");
 
     ok_stdout(&stage.service(&["uninstall", "--purge"]));
-    for gone in ["var/lib/pagodirecto", "var/log/pagodirecto", "etc/pagodirecto"] {
+    for gone in [
+        "var/lib/pagodirecto",
+        "var/log/pagodirecto",
+        "etc/pagodirecto",
+    ] {
         assert!(!stage.path(gone).exists(), "{gone} purged");
     }
     assert_eq!(stage.user(), None, "user purged");

@@ -87,8 +87,13 @@ impl Drop for Machine {
         for dir in [DATA, LOGS, "/etc/pagodirecto", "/run/pagodirecto"] {
             let _ = fs::remove_dir_all(dir);
         }
-        if !self.had_user && user("pagodirecto").is_some() {
+        // userdel refuses while a process of the user still exits.
+        for _ in 0..40 {
+            if self.had_user || user("pagodirecto").is_none() {
+                break;
+            }
             let _ = quiet("userdel", &["pagodirecto"]);
+            std::thread::sleep(Duration::from_millis(250));
         }
     }
 }
@@ -129,7 +134,11 @@ fn user(name: &str) -> Option<Vec<String>> {
 /// dpkg's status of the package: "install ok installed", "deinstall ok
 /// config-files", or `None` once purged.
 fn package_status() -> Option<String> {
-    let out = quiet("dpkg-query", &["--show", "--showformat=${Status}", "pagodirecto"]).ok()?;
+    let out = quiet(
+        "dpkg-query",
+        &["--show", "--showformat=${Status}", "pagodirecto"],
+    )
+    .ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -179,7 +188,11 @@ fn build_deb(version: &str, out_dir: &Path) -> PathBuf {
         out.status
     );
     let deb = out_dir.join(format!("pagodirecto_{version}_amd64.deb"));
-    assert!(deb.exists(), "{} missing; cargo deb said:\n{stderr}", deb.display());
+    assert!(
+        deb.exists(),
+        "{} missing; cargo deb said:\n{stderr}",
+        deb.display()
+    );
     deb
 }
 
@@ -262,7 +275,10 @@ impl Exec {
         let user = value("User");
         let home = user_home(&user);
         let mut env: Vec<(String, String)> = [
-            ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+            (
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            ),
             ("LANG", "C.UTF-8"),
         ]
         .into_iter()
@@ -311,13 +327,27 @@ impl Exec {
     /// directory created. Logs go to `log`.
     fn spawn(&self, log: &Path) -> Daemon {
         fs::create_dir_all(&self.runtime_dir).expect("runtime dir");
-        run("chown", &[&format!("{}:{}", self.user, self.group), &self.runtime_dir]);
+        run(
+            "chown",
+            &[&format!("{}:{}", self.user, self.group), &self.runtime_dir],
+        );
         fs::set_permissions(&self.runtime_dir, fs::Permissions::from_mode(0o750)).expect("chmod");
         let out = fs::File::create(log).expect("log file");
         let err = out.try_clone().expect("clone");
         let child = Command::new("setpriv")
-            .args(["--reuid", &self.user, "--regid", &self.group, "--init-groups"])
-            .args(["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"])
+            .args([
+                "--reuid",
+                &self.user,
+                "--regid",
+                &self.group,
+                "--init-groups",
+            ])
+            .args([
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                "--no-new-privs",
+                "--",
+            ])
             .args(["sh", "-c", "umask \"$0\" && exec \"$@\"", &self.umask])
             .args(&self.argv)
             .env_clear()
@@ -339,8 +369,8 @@ fn user_home(name: &str) -> String {
 /// The first owner's one-time password, from the file the first start
 /// writes when there is no terminal (as under systemd).
 fn first_owner_password() -> String {
-    let text = fs::read_to_string(format!("{DATA}/secrets/initial-owner.txt"))
-        .expect("first owner file");
+    let text =
+        fs::read_to_string(format!("{DATA}/secrets/initial-owner.txt")).expect("first owner file");
     text.split_whitespace()
         .skip_while(|w| *w != "password")
         .nth(1)
@@ -413,7 +443,10 @@ fn deb_installs_runs_upgrades_keeps_data_and_purges() {
     // An operator's edit: a non-default port (0: any free one, written to
     // run/http.addr) and no scheduled backups.
     let edited = CONFIG
-        .replace("#listen = [\"127.0.0.1:8080\"]", "listen = [\"127.0.0.1:0\"]")
+        .replace(
+            "#listen = [\"127.0.0.1:8080\"]",
+            "listen = [\"127.0.0.1:0\"]",
+        )
         .replace("#schedule = \"0 2 * * *\"", "schedule = \"\"");
     assert_ne!(edited, CONFIG, "the edit applies to the packaged config");
     fs::write(CONFIG_FILE, &edited).expect("edit config");
@@ -442,7 +475,10 @@ fn deb_installs_runs_upgrades_keeps_data_and_purges() {
     // Upgrade to a rebuilt package with a higher version.
     let deb2 = build_deb(&version(2), &work.path().join("v2"));
     dpkg_install(&deb2);
-    let installed = run("dpkg-query", &["--show", "--showformat=${Version}", "pagodirecto"]);
+    let installed = run(
+        "dpkg-query",
+        &["--show", "--showformat=${Version}", "pagodirecto"],
+    );
     assert_eq!(installed, version(2));
     assert_eq!(
         fs::read_to_string(CONFIG_FILE).expect("config"),
@@ -460,11 +496,20 @@ fn deb_installs_runs_upgrades_keeps_data_and_purges() {
 
     // Remove: the program goes, data and config stay.
     run("dpkg", &["--remove", "pagodirecto"]);
-    assert_eq!(package_status().as_deref(), Some("deinstall ok config-files"));
+    assert_eq!(
+        package_status().as_deref(),
+        Some("deinstall ok config-files")
+    );
     assert!(!Path::new("/usr/bin/pagodirecto").exists());
     assert!(!Path::new(PACKAGED_UNIT).exists());
-    assert_eq!(fs::read_to_string(CONFIG_FILE).expect("config kept"), edited);
-    assert!(Path::new(DATA).join("pg/data/PG_VERSION").exists(), "data kept");
+    assert_eq!(
+        fs::read_to_string(CONFIG_FILE).expect("config kept"),
+        edited
+    );
+    assert!(
+        Path::new(DATA).join("pg/data/PG_VERSION").exists(),
+        "data kept"
+    );
 
     // Purge: everything goes.
     run("dpkg", &["--purge", "pagodirecto"]);
@@ -495,12 +540,17 @@ fn service_install_on_this_machine_then_uninstall_and_purge() {
     assert_owner_mode("/usr/local/bin/pagodirecto", "root", 0o755);
     let unit = fs::read_to_string("/etc/systemd/system/pagodirecto.service").expect("unit");
     assert!(
-        unit.contains("ExecStart=/usr/local/bin/pagodirecto run --config /etc/pagodirecto/pagodirecto.toml"),
+        unit.contains(
+            "ExecStart=/usr/local/bin/pagodirecto run --config /etc/pagodirecto/pagodirecto.toml"
+        ),
         "{unit}"
     );
 
     // The installed copy, as the unit runs it, reaches /ready.
-    let edited = CONFIG.replace("#listen = [\"127.0.0.1:8080\"]", "listen = [\"127.0.0.1:0\"]");
+    let edited = CONFIG.replace(
+        "#listen = [\"127.0.0.1:8080\"]",
+        "listen = [\"127.0.0.1:0\"]",
+    );
     fs::write(CONFIG_FILE, &edited).expect("edit config");
     let work = tempfile::tempdir().expect("tempdir");
     let mut daemon = Exec::from_unit(&unit).spawn(&work.path().join("daemon.log"));
@@ -515,8 +565,14 @@ fn service_install_on_this_machine_then_uninstall_and_purge() {
     );
     assert!(!Path::new("/usr/local/bin/pagodirecto").exists());
     assert!(!Path::new("/etc/systemd/system/pagodirecto.service").exists());
-    assert!(Path::new(DATA).join("pg/data/PG_VERSION").exists(), "data kept");
-    assert_eq!(fs::read_to_string(CONFIG_FILE).expect("config kept"), edited);
+    assert!(
+        Path::new(DATA).join("pg/data/PG_VERSION").exists(),
+        "data kept"
+    );
+    assert_eq!(
+        fs::read_to_string(CONFIG_FILE).expect("config kept"),
+        edited
+    );
 
     ok_stdout(
         &Command::new(BIN)
