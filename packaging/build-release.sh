@@ -19,7 +19,9 @@ dist="$target_dir/dist"
 rm -rf "$dist"
 mkdir -p "$dist"
 
-cargo deb --locked ${DEB_VERSION:+--deb-version "$DEB_VERSION"} --output "$dist/"
+# --dbgsym: the release profile keeps line tables (for backtraces); they go
+# into a separate pagodirecto-dbgsym .ddeb, and the .deb's binary is stripped.
+cargo deb --locked --dbgsym ${DEB_VERSION:+--deb-version "$DEB_VERSION"} --output "$dist/"
 deb=$(ls "$dist"/pagodirecto_*.deb)
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
@@ -32,7 +34,7 @@ chmod 755 "$stage/pagodirecto"
 cp systemd/pagodirecto.service packaging/pagodirecto.toml README.md "$stage/"
 tar -C "$dist" --owner=0 --group=0 --numeric-owner --sort=name -czf "$dist/$name.tar.gz" "$name"
 rm -rf "$stage"
-(cd "$dist" && sha256sum "$(basename "$deb")" "$name.tar.gz" > SHA256SUMS)
+(cd "$dist" && sha256sum -- *.deb *.ddeb "$name.tar.gz" > SHA256SUMS)
 
 deb_bytes=$(stat -c %s "$deb")
 installed_kib=$(dpkg-deb --field "$deb" Installed-Size)
@@ -45,6 +47,6 @@ if [ "$deb_bytes" -ge $((30 * 1000 * 1000)) ]; then
 fi
 if command -v lintian >/dev/null; then
     echo "lintian:"
-    lintian --no-tag-display-limit "$deb"
+    lintian --tag-display-limit 0 "$deb"
 fi
 cat "$dist/SHA256SUMS"

@@ -200,7 +200,7 @@ fn build_deb(version: &str, out_dir: &Path) -> PathBuf {
 /// section (by its tag name).
 fn lintian(deb: &Path) {
     let out = Command::new("lintian")
-        .args(["--no-tag-display-limit"])
+        .args(["--tag-display-limit", "0"])
         .arg(deb)
         .output()
         .expect("run lintian (apt-get install lintian, as .ci/run does)");
