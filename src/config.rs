@@ -827,7 +827,16 @@ mod tests {
     fn the_packaged_config_file_is_valid_and_documents_the_defaults() {
         let config =
             Config::from_toml(include_str!("../packaging/pagodirecto.toml")).expect("valid");
-        assert_eq!(config, Config::default());
+        // Set, not commented: the service's locations (see the file's header).
+        let expected = Config {
+            data_dir: "/var/lib/pagodirecto".into(),
+            logging: LogConfig {
+                directory: Some("/var/log/pagodirecto".into()),
+                ..LogConfig::default()
+            },
+            ..Config::default()
+        };
+        assert_eq!(config, expected);
     }
 
     #[test]

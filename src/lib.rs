@@ -61,7 +61,13 @@
 //! - [`control`]: the control socket protocol (server and client).
 //! - [`logging`]: tracing to stderr and daily files; reading them back.
 //! - [`systemd`]: READY/STATUS/STOPPING/WATCHDOG notifications (no-ops
-//!   outside systemd).
+//!   outside systemd), and the unit file (`systemd/pagodirecto.service`)
+//!   that the .deb ships and `pagodirecto service install` writes
+//!   (`cli::service`, with the user, directories and default config).
+//!
+//! Outside `src/`: `packaging/` (the default config, the sysusers.d entry,
+//! the .deb's maintainer scripts, `build-release.sh`; cargo-deb reads
+//! `[package.metadata.deb]` in Cargo.toml) and `systemd/` (the unit).
 //! - [`lock`], [`secrets`], [`fsutil`]: the data-dir lock, generated secrets,
 //!   atomic private files.
 //!

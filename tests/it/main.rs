@@ -21,3 +21,4 @@ mod browser;
 mod cli;
 mod edge;
 mod lifecycle;
+mod service;
