@@ -10,6 +10,7 @@
 mod backup;
 mod config_cmd;
 mod database;
+mod doctor;
 mod logs;
 mod migrate;
 mod postgres_cmd;
@@ -66,6 +67,9 @@ pub enum Command {
     },
     /// Print the running daemon's metrics (Prometheus text) from its control socket
     Metrics,
+    /// Check the host and configuration (binaries, data dir ownership, disk
+    /// reserve, cgroups, ports…) and say how to fix problems; exit 1 on a failure
+    Doctor,
     /// Show the daemon's and PostgreSQL's logs
     Logs {
         /// Keep printing new lines
@@ -236,6 +240,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => runtime.block_on(run::run(load()?, demo, dev_assets)),
         Command::Status { json } => runtime.block_on(status::run(&load()?, json)),
         Command::Metrics => runtime.block_on(status::metrics(&load()?)),
+        Command::Doctor => runtime.block_on(doctor::run(load(), data_dir.clone())),
         Command::Auth {
             action: AuthAction::RotateKey,
         } => runtime.block_on(users::rotate_key(load()?)),

@@ -22,3 +22,4 @@ mod cli;
 mod edge;
 mod lifecycle;
 mod service;
+mod limits;
