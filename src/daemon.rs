@@ -144,16 +144,7 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
             };
         }
     };
-    let scheme = if serving.certs.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let urls: Vec<String> = serving
-        .bound
-        .iter()
-        .map(|a| format!("{scheme}://{a}"))
-        .collect();
+    let urls = serving.urls();
     info!(elapsed = ?started.elapsed(), ?urls, "ready");
     systemd::ready(&format!("serving on {}", urls.join(", ")));
 
@@ -427,6 +418,19 @@ fn web_assets(dev: Option<PathBuf>) -> Result<http::assets::Assets> {
 }
 
 impl Serving {
+    /// Where clients reach the server, as URLs.
+    fn urls(&self) -> Vec<String> {
+        let scheme = if self.certs.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        self.bound
+            .iter()
+            .map(|a| format!("{scheme}://{a}"))
+            .collect()
+    }
+
     /// Replaces the backup and drill tickers after a config reload.
     fn restart_schedules(&mut self, config: &Config) {
         self.stop_schedules.cancel();
