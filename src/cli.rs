@@ -4,7 +4,8 @@
 //! Commands that act on a running daemon go through its control socket;
 //! commands that need the database with no daemon running take the data-dir
 //! lock and start PostgreSQL themselves. `postgres install|status` need
-//! neither (see `cli/postgres_cmd.rs`).
+//! neither (see `cli/postgres_cmd.rs`), and neither does `service`, which
+//! only writes the files of a standalone install (`cli/service.rs`).
 
 mod backup;
 mod config_cmd;
@@ -15,6 +16,7 @@ mod migrate;
 mod postgres_cmd;
 mod psql;
 mod run;
+mod service;
 mod status;
 mod users;
 
@@ -128,6 +130,11 @@ pub enum Command {
         #[command(subcommand)]
         action: PostgresAction,
     },
+    /// Install or remove the systemd service on a host without the .deb
+    Service {
+        #[command(subcommand)]
+        action: service::ServiceAction,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,6 +234,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     };
     match command {
         Command::Config { action } => config_cmd::run(&action, load()),
+        Command::Service { action } => service::run(&action),
         Command::Run {
             demo, dev_assets, ..
         } => runtime.block_on(run::run(load()?, demo, dev_assets)),

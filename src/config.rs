@@ -62,6 +62,43 @@ pub struct ServerConfig {
     /// Client addresses that may read `/metrics` over HTTP (the control
     /// socket always serves it); loopback by default.
     pub metrics_allow: Vec<std::net::IpAddr>,
+    /// `files`: TLS when `tls_cert` and `tls_key` are set, plain HTTP
+    /// otherwise; `self-signed`: a certificate generated once into the data dir.
+    pub tls: TlsMode,
+    /// PEM certificate chain (leaf first); reloaded when the file changes.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`; reloaded when the file changes.
+    pub tls_key: Option<PathBuf>,
+    /// With TLS on: also listen here for plain HTTP that only redirects to HTTPS.
+    pub redirect_http: Option<SocketAddr>,
+    /// Origins (`https://crm.example.com`) whose browsers may call the API
+    /// cross-origin; none by default.
+    pub cors_origins: Vec<String>,
+    /// The largest request body accepted (413 beyond).
+    pub max_body: ByteSize,
+    /// A client must send its request headers within this time (and finish
+    /// the TLS handshake), or the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+}
+
+/// Where the HTTPS certificate comes from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// From `tls_cert`/`tls_key` when they are set; plain HTTP otherwise.
+    #[default]
+    Files,
+    /// Generated on first start and kept in the data dir (LAN demos).
+    SelfSigned,
+}
+
+impl ServerConfig {
+    /// Whether the listeners speak TLS.
+    #[must_use]
+    pub fn tls_enabled(&self) -> bool {
+        self.tls == TlsMode::SelfSigned || self.tls_cert.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -233,6 +270,13 @@ impl Default for ServerConfig {
                 std::net::IpAddr::from([127, 0, 0, 1]),
                 std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
             ],
+            tls: TlsMode::Files,
+            tls_cert: None,
+            tls_key: None,
+            redirect_http: None,
+            cors_origins: Vec::new(),
+            max_body: ByteSize::mib(1),
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -586,6 +630,21 @@ impl Config {
         if self.server.listen.is_empty() {
             out.push(("server.listen", "needs at least one address".into()));
         }
+        out.extend(self.server.tls_problems());
+        for origin in &self.server.cors_origins {
+            if let Err(why) = check_origin(origin) {
+                out.push((
+                    "server.cors_origins",
+                    format!("{origin:?} is not an origin: {why}"),
+                ));
+            }
+        }
+        if self.server.max_body < ByteSize::kib(1) {
+            out.push(("server.max_body", "must be at least 1 KiB".into()));
+        }
+        if self.server.header_read_timeout < Duration::from_secs(1) {
+            out.push(("server.header_read_timeout", "must be at least 1s".into()));
+        }
         if self.limits.postgres_memory < ByteSize::mib(64) {
             out.push((
                 "limits.postgres_memory",
@@ -706,6 +765,61 @@ impl Config {
     }
 }
 
+impl ServerConfig {
+    fn tls_problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                out.push(("server.tls_key", "must be set with server.tls_cert".into()));
+            }
+            (None, Some(_)) => {
+                out.push(("server.tls_cert", "must be set with server.tls_key".into()));
+            }
+            _ => {}
+        }
+        for (key, path) in [
+            ("server.tls_cert", &self.tls_cert),
+            ("server.tls_key", &self.tls_key),
+        ] {
+            if path.as_ref().is_some_and(|p| !p.is_absolute()) {
+                out.push((key, "must be an absolute path".into()));
+            }
+        }
+        if self.tls == TlsMode::SelfSigned && self.tls_cert.is_some() {
+            out.push((
+                "server.tls",
+                "\"self-signed\" generates its own certificate; remove server.tls_cert/tls_key or set tls = \"files\"".into(),
+            ));
+        }
+        if self.redirect_http.is_some() && !self.tls_enabled() {
+            out.push((
+                "server.redirect_http",
+                "redirects to HTTPS, so it needs TLS (server.tls_cert/tls_key or tls = \"self-signed\")".into(),
+            ));
+        }
+        out
+    }
+}
+
+/// Checks that `origin` is what browsers send in `Origin`: a scheme, a host
+/// and maybe a port, nothing else (no path, no trailing slash, no wildcard).
+fn check_origin(origin: &str) -> Result<(), &'static str> {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or("must start with https:// or http://")?;
+    if rest.is_empty() {
+        return Err("has no host");
+    }
+    if rest.contains(['/', '*', '?', '#', '@', ' ']) {
+        return Err("must be scheme://host[:port] only (no path, wildcard or trailing slash)");
+    }
+    if rest.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err("must be lower-case, as browsers send it");
+    }
+    Ok(())
+}
+
 /// `PAGODIRECTO_<SECTION>__<KEY>` variables as a figment provider.
 ///
 /// figment's own `Env` reads the live process environment; this one reads a
@@ -820,7 +934,16 @@ mod tests {
     fn the_packaged_config_file_is_valid_and_documents_the_defaults() {
         let config =
             Config::from_toml(include_str!("../packaging/pagodirecto.toml")).expect("valid");
-        assert_eq!(config, Config::default());
+        // Set, not commented: the service's locations (see the file's header).
+        let expected = Config {
+            data_dir: "/var/lib/pagodirecto".into(),
+            logging: LogConfig {
+                directory: Some("/var/log/pagodirecto".into()),
+                ..LogConfig::default()
+            },
+            ..Config::default()
+        };
+        assert_eq!(config, expected);
     }
 
     #[test]
@@ -872,6 +995,46 @@ mod tests {
             "data_dir: must be an absolute path",
         );
     }
+    #[test]
+    fn tls_cors_and_limits_are_checked() {
+        check_invalid(
+            "[server]\ntls_cert = \"/etc/c.pem\"",
+            "server.tls_key: must be set with server.tls_cert",
+        );
+        check_invalid(
+            "[server]\ntls_cert = \"c.pem\"\ntls_key = \"/k.pem\"",
+            "server.tls_cert: must be an absolute path",
+        );
+        check_invalid(
+            "[server]\ntls = \"self-signed\"\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"",
+            "server.tls: \"self-signed\" generates its own",
+        );
+        check_invalid("[server]\ntls = \"yes\"", "server.tls");
+        check_invalid(
+            "[server]\nredirect_http = \"0.0.0.0:80\"",
+            "server.redirect_http: redirects to HTTPS, so it needs TLS",
+        );
+        check_invalid(
+            "[server]\ncors_origins = [\"https://crm.example.com/\"]",
+            "server.cors_origins: \"https://crm.example.com/\" is not an origin",
+        );
+        check_invalid(
+            "[server]\ncors_origins = [\"crm.example.com\"]",
+            "must start with https://",
+        );
+        check_invalid("[server]\nmax_body = \"10B\"", "server.max_body");
+        check_invalid(
+            "[server]\nheader_read_timeout = \"0s\"",
+            "server.header_read_timeout",
+        );
+        let config = Config::from_toml(
+            "[server]\ntls = \"self-signed\"\nredirect_http = \"127.0.0.1:8081\"\ncors_origins = [\"https://crm.example.com:8443\"]\nmax_body = \"4MiB\"",
+        )
+        .expect("valid");
+        assert!(config.server.tls_enabled());
+        assert_eq!(config.server.max_body, ByteSize::mib(4));
+    }
+
     #[test]
     fn the_budget_must_add_up() {
         check_invalid(

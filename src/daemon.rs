@@ -17,7 +17,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result};
-use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -56,6 +55,8 @@ enum Event {
     /// Time to tell systemd's watchdog the event loop and supervision live.
     Watchdog,
     Reload,
+    /// The TLS certificate or key file changed on disk.
+    CertificatesChanged,
 }
 
 /// How this start differs from a plain one (flags of `pagodirecto run`),
@@ -79,6 +80,7 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
     info!(version = env!("CARGO_PKG_VERSION"), config = %source, data_dir = %paths.data_dir().display(), "starting");
 
     let mut signals = Signals::new()?;
+    http::tls::install_provider();
     let open_files = own_rlimits(config.limits.core_dumps);
     let assets = web_assets(options.dev_assets)?;
     fsutil::ensure_dir(paths.data_dir(), 0o700)
@@ -142,12 +144,8 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
             };
         }
     };
-    info!(elapsed = ?started.elapsed(), urls = ?serving.bound.iter().map(|a| format!("http://{a}")).collect::<Vec<_>>(), "ready");
-    let urls: Vec<String> = serving
-        .bound
-        .iter()
-        .map(|a| format!("http://{a}"))
-        .collect();
+    let urls = serving.urls();
+    info!(elapsed = ?started.elapsed(), ?urls, "ready");
     systemd::ready(&format!("serving on {}", urls.join(", ")));
 
     let context = StatusContext {
@@ -198,6 +196,11 @@ struct Serving {
     stop_schedules: CancellationToken,
     postgres_up: watch::Sender<bool>,
     bound: Vec<SocketAddr>,
+    /// The certificate new TLS handshakes get; `None` without TLS.
+    certs: Option<Arc<http::tls::Certificates>>,
+    /// Says when the certificate files changed; replaced with the files.
+    cert_changed: mpsc::Receiver<()>,
+    cert_watcher: Option<notify::RecommendedWatcher>,
     control: mpsc::Receiver<control::Pending>,
     stop_http: CancellationToken,
     http: tokio::task::JoinHandle<()>,
@@ -257,7 +260,12 @@ async fn start_serving(
         }
     }
 
-    let listeners = bind(&config.server.listen).await?;
+    let certs = certificates(&config.server, paths)?;
+    let listeners = bind(&config.server.listen, "server.listen")?;
+    let redirect = match config.server.redirect_http {
+        Some(addr) => bind(&[addr], "server.redirect_http")?,
+        None => Vec::new(),
+    };
     let bound: Vec<SocketAddr> = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
@@ -300,12 +308,33 @@ async fn start_serving(
         assets,
     );
     edge.forget_idle_clients_until(stop_http.clone());
-    let http = tokio::spawn(http::serve(
-        listeners,
-        router,
+    let acceptor = certs.clone().map(http::tls::acceptor);
+    let mut served: Vec<http::server::Listener> = listeners
+        .into_iter()
+        .map(|socket| http::server::Listener {
+            socket,
+            app: router.clone(),
+            tls: acceptor.clone(),
+        })
+        .collect();
+    let https_port = bound.first().map_or(443, SocketAddr::port);
+    served.extend(redirect.into_iter().map(|socket| {
+        if let Ok(addr) = socket.local_addr() {
+            info!(%addr, https_port, "redirecting plain HTTP to HTTPS");
+        }
+        http::server::Listener {
+            socket,
+            app: http::server::redirect_to_https(https_port),
+            tls: None,
+        }
+    }));
+    let http = tokio::spawn(http::server::serve(
+        served,
+        config.server.header_read_timeout,
         stop_http.clone(),
         config.server.drain_timeout,
     ));
+    let (cert_changed, cert_watcher) = watch_certificates(certs.as_deref());
     Ok(Serving {
         api: api.clone(),
         secrets_dir: paths.secrets_dir(),
@@ -319,11 +348,57 @@ async fn start_serving(
         stop_schedules,
         postgres_up,
         bound,
+        certs,
+        cert_changed,
+        cert_watcher,
         control,
         stop_http,
         http,
         stop_control,
     })
+}
+
+/// The TLS certificate `[server]` asks for, loaded (and generated first for
+/// `tls = "self-signed"`); `None` for plain HTTP.
+fn certificates(
+    server: &crate::config::ServerConfig,
+    paths: &Paths,
+) -> Result<Option<Arc<http::tls::Certificates>>> {
+    let (cert, key) = match (&server.tls, &server.tls_cert, &server.tls_key) {
+        (crate::config::TlsMode::SelfSigned, _, _) => {
+            let (cert, key) = (paths.self_signed_cert(), paths.self_signed_key());
+            if http::tls::ensure_self_signed(&cert, &key)? {
+                info!(cert = %cert.display(), "generated a self-signed TLS certificate (tls = \"self-signed\"); browsers will ask to trust it");
+            }
+            (cert, key)
+        }
+        (_, Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        _ => return Ok(None),
+    };
+    let certs = http::tls::Certificates::load(&cert, &key)
+        .context("loading the TLS certificate (server.tls_cert / server.tls_key)")?;
+    info!(cert = %cert.display(), sha256 = %certs.fingerprint(), "TLS on: HTTP/2 and HTTP/1.1");
+    Ok(Some(certs))
+}
+
+/// Watches the certificate's files (their directories: certbot and
+/// editors replace files by rename); `()` arrives after each change.
+fn watch_certificates(
+    certs: Option<&http::tls::Certificates>,
+) -> (mpsc::Receiver<()>, Option<notify::RecommendedWatcher>) {
+    let (tx, rx) = mpsc::channel(1);
+    let Some(certs) = certs else {
+        std::mem::forget(tx); // never yields, never closes
+        return (rx, None);
+    };
+    let (cert, key) = certs.files();
+    match crate::config::watch::watch_all(&[cert.as_path(), key.as_path()], tx) {
+        Ok(watcher) => (rx, Some(watcher)),
+        Err(err) => {
+            warn!(cert = %cert.display(), %err, "cannot watch the TLS files; a changed certificate needs a restart");
+            (rx, None)
+        }
+    }
 }
 
 /// The web app's files: embedded, or `--dev-assets DIR`, which must hold a
@@ -343,6 +418,19 @@ fn web_assets(dev: Option<PathBuf>) -> Result<http::assets::Assets> {
 }
 
 impl Serving {
+    /// Where clients reach the server, as URLs.
+    fn urls(&self) -> Vec<String> {
+        let scheme = if self.certs.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        self.bound
+            .iter()
+            .map(|a| format!("{scheme}://{a}"))
+            .collect()
+    }
+
     /// Replaces the backup and drill tickers after a config reload.
     fn restart_schedules(&mut self, config: &Config) {
         self.stop_schedules.cancel();
@@ -563,8 +651,10 @@ struct Reloader {
     log_level: Option<logging::Level>,
 }
 
-/// Keys whose new value takes effect without a restart.
-fn is_live(key: &str) -> bool {
+/// Keys whose new value takes effect without a restart. The certificate
+/// files can change live only when TLS is on already (`tls_on`); turning
+/// TLS on or off changes the listeners, which needs a restart.
+fn is_live(key: &str, tls_on: bool) -> bool {
     matches!(
         key,
         "logging.level"
@@ -574,7 +664,10 @@ fn is_live(key: &str) -> bool {
             | "server.auth_rate_limit_per_minute"
             | "server.trusted_proxies"
             | "server.metrics_allow"
-    ) || (key.starts_with("backup.") && key != "backup.directory")
+            | "server.cors_origins"
+            | "server.max_body"
+    ) || (tls_on && matches!(key, "server.tls_cert" | "server.tls_key"))
+        || (key.starts_with("backup.") && key != "backup.directory")
 }
 
 impl Reloader {
@@ -609,7 +702,8 @@ impl Reloader {
         };
         self.last_error = None;
         let changed = self.current.changed_keys(&new.config);
-        let live: Vec<&String> = changed.iter().filter(|k| is_live(k)).collect();
+        let tls_on = serving.certs.is_some() && new.config.server.tls_enabled();
+        let live: Vec<&String> = changed.iter().filter(|k| is_live(k, tls_on)).collect();
         if live.iter().any(|k| *k == "logging.level")
             && let Some(level) = &self.log_level
         {
@@ -628,6 +722,25 @@ impl Reloader {
             serving.backups.set_config(&new.config.backup);
             serving.restart_schedules(&new.config);
         }
+        if live.iter().any(|k| k.starts_with("server.tls_"))
+            && let (Some(certs), Some(cert), Some(key)) = (
+                &serving.certs,
+                &new.config.server.tls_cert,
+                &new.config.server.tls_key,
+            )
+        {
+            match certs.replace(cert, key) {
+                Ok(sha256) => {
+                    info!(cert = %cert.display(), %sha256, "TLS certificate files changed; new connections use them");
+                    (serving.cert_changed, serving.cert_watcher) = watch_certificates(Some(certs));
+                }
+                Err(err) => {
+                    let reason = format!("{:#}", anyhow::Error::from(err));
+                    warn!(error = %reason, "new TLS certificate refused; the one in use stays");
+                    self.last_error = Some(reason);
+                }
+            }
+        }
         let started = Loaded {
             config: self.started_with.clone(),
             source: new.source.clone(),
@@ -636,7 +749,7 @@ impl Reloader {
         self.restart_pending = started
             .changed_keys(&new.config)
             .into_iter()
-            .filter(|k| !is_live(k))
+            .filter(|k| !is_live(k, tls_on))
             .collect();
         self.current = new;
         self.loaded_at = SystemTime::now();
@@ -645,6 +758,7 @@ impl Reloader {
 }
 
 /// Waits for events and acts on them until one ends the daemon.
+#[allow(clippy::too_many_lines)] // one select and one match arm per Event
 async fn event_loop(
     signals: &mut Signals,
     server: &mut postgres::Server,
@@ -678,6 +792,7 @@ async fn event_loop(
             Some(()) = serving.backup_due.recv() => Event::BackupDue,
             Some(()) = serving.drill_due.recv() => Event::DrillDue,
             Some(()) = config_changed.recv() => Event::Reload,
+            Some(()) = serving.cert_changed.recv() => Event::CertificatesChanged,
             _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => Event::Watchdog,
         };
         match event {
@@ -751,7 +866,23 @@ async fn event_loop(
                 });
             }
             Event::Reload => reloader.reload(serving),
+            Event::CertificatesChanged => reload_certificates(serving.certs.as_deref()),
         }
+    }
+}
+
+/// Re-reads the certificate files after they changed on disk. A broken
+/// replacement (or a key that does not match yet, halfway through a renewal)
+/// is refused with the file and the reason; the certificate in use stays.
+fn reload_certificates(certs: Option<&http::tls::Certificates>) {
+    let Some(certs) = certs else { return };
+    match certs.reload() {
+        Ok(sha256) => info!(%sha256, "TLS certificate reloaded; new connections use it"),
+        Err(err) => warn!(
+            error = %format!("{:#}", anyhow::Error::from(err)),
+            sha256 = %certs.fingerprint(),
+            "changed TLS certificate refused; the one in use stays"
+        ),
     }
 }
 
@@ -949,15 +1080,17 @@ fn pool(cluster: &Cluster, config: &Config, app_password: &str) -> Result<deadpo
         .context("building the connection pool")
 }
 
-async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
-    let mut listeners = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        let listener = TcpListener::bind(addr).await.with_context(|| {
-            format!("cannot listen on {addr} (server.listen); is another server using it?")
-        })?;
-        listeners.push(listener);
-    }
-    Ok(listeners)
+/// Binds `addrs` (from config `key`). `std` listeners: the accept loop takes
+/// sockets bound by anyone, so handing sockets over later changes only this.
+fn bind(addrs: &[SocketAddr], key: &str) -> Result<Vec<std::net::TcpListener>> {
+    addrs
+        .iter()
+        .map(|addr| {
+            std::net::TcpListener::bind(addr).with_context(|| {
+                format!("cannot listen on {addr} ({key}); is another server using it?")
+            })
+        })
+        .collect()
 }
 
 /// Removes the socket and address files a killed daemon may have left, so

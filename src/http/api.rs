@@ -259,14 +259,19 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        // Set by the edge, which also cut the body off there.
+        let limit = req
+            .extensions()
+            .get::<super::edge::BodyLimit>()
+            .map_or(super::edge::DEFAULT_BODY_LIMIT, |l| l.0);
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(&rejection)),
+            Err(rejection) => Err(json_rejection(&rejection, limit)),
         }
     }
 }
 
-fn json_rejection(rejection: &JsonRejection) -> ApiError {
+fn json_rejection(rejection: &JsonRejection, limit: usize) -> ApiError {
     match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
         JsonRejection::JsonDataError(err) => {
@@ -287,9 +292,7 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
         JsonRejection::JsonSyntaxError(err) => ApiError::MalformedBody(err.body_text()),
         JsonRejection::BytesRejection(err) => {
             if err.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge {
-                    limit: super::BODY_LIMIT,
-                }
+                ApiError::PayloadTooLarge { limit }
             } else {
                 ApiError::MalformedBody(err.body_text())
             }

@@ -19,5 +19,7 @@ mod api_users;
 mod binaries;
 mod browser;
 mod cli;
+mod edge;
 mod lifecycle;
+mod service;
 mod limits;
