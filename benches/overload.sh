@@ -5,6 +5,9 @@
 # Prints: whether the daemon stayed up, its peak RSS (VmHWM) before and after,
 # how many requests were shed with 503 and how fast those answers came, and
 # the p99 of admitted (200) requests against an unloaded run (4 connections).
+# Two overload runs: a flood (every 503 is retried at once: the CPU goes to
+# refusing) and polite clients (a 503 waits for its Retry-After, as browsers
+# and our web app's client do).
 #
 # The client is examples/overload.rs (wrk cannot split latency by status).
 # Not run by CI. Needs curl. As root the daemon runs PostgreSQL as the
@@ -95,24 +98,31 @@ echo "== overload: $CONNECTIONS connections, ${DURATION}s, limit $LIMIT in fligh
 ( peak=0; while kill -0 "$daemon_pid" 2>/dev/null; do r=$(rss); (( r > peak )) && peak=$r && echo "$peak" >"$data/peak"; sleep 0.1; done ) &
 sampler=$!
 loaded=$("$client" "$addr" "$path" "$token" "$CONNECTIONS" "$DURATION")
-kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
 echo "$loaded"
+echo "== overload, polite clients (a 503 waits for its Retry-After): $CONNECTIONS connections, ${DURATION}s"
+polite=$("$client" "$addr" "$path" "$token" "$CONNECTIONS" "$DURATION" polite)
+echo "$polite"
+kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
+peak=$(cat "$data/peak" 2>/dev/null || echo 0)
 hwm_after=$(hwm)
 
 up=no
 kill -0 "$daemon_pid" 2>/dev/null && curl -fs "http://$addr/ready" >/dev/null && up=yes
 after=$("$client" "$addr" "$path" "$token" "$UNLOADED" 5)
 
-awk -v u="$unloaded" -v l="$loaded" -v a="$after" -v up="$up" -v hb="$hwm_before" -v ha="$hwm_after" -v rb="$rss_before" \
+awk -v u="$unloaded" -v l="$loaded" -v p="$polite" -v pk="$peak" -v a="$after" -v up="$up" -v hb="$hwm_before" -v ha="$hwm_after" -v rb="$rss_before" \
     -v c="$CONNECTIONS" -v lim="$LIMIT" -v d="$DURATION" -v cpus="$(nproc)" -v load="$(cut -d' ' -f1 /proc/loadavg)" '
 function get(s, k,   m) { if (match(s, " " k "=[^ ]*")) return substr(s, RSTART + length(k) + 2, RLENGTH - length(k) - 2); return 0 }
 BEGIN {
     printf "\n== results (%d CPUs shared by daemon, postgres and the client; load average %s after)\n", cpus, load
     printf "daemon up and ready after the overload: %s\n", up
-    printf "daemon peak RSS (VmHWM): %.1f MiB before the overload (RSS %.1f MiB), %.1f MiB after\n", hb / 1024, rb / 1024, ha / 1024
+    printf "daemon peak RSS (VmHWM): %.1f MiB before the overload (RSS %.1f MiB), %.1f MiB after (highest RSS sampled during: %.1f MiB)\n", hb / 1024, rb / 1024, ha / 1024, pk / 1024
     printf "unloaded (%s connections): %s req/s, all 200: %s, p50 %s ms, p99 %s ms\n", get(u, "connections"), get(u, "rps"), get(u, "s200_count"), get(u, "s200_p50_ms"), get(u, "s200_p99_ms")
     printf "overload (%d connections, limit %d, %ds): %s responses, %s req/s, connect errors %s, I/O errors %s\n", c, lim, d, get(l, "responses"), get(l, "rps"), get(l, "connect_errors"), get(l, "io_errors")
     printf "  admitted 200: %s, p50 %s ms, p99 %s ms\n", get(l, "s200_count"), get(l, "s200_p50_ms"), get(l, "s200_p99_ms")
     printf "  shed 503:     %s, p50 %s ms, p99 %s ms, max %s ms\n", get(l, "s503_count"), get(l, "s503_p50_ms"), get(l, "s503_p99_ms"), get(l, "s503_max_ms")
+    printf "overload, polite clients (%d connections, 503 then wait Retry-After): %s responses, %s req/s\n", c, get(p, "responses"), get(p, "rps")
+    printf "  admitted 200: %s, p50 %s ms, p99 %s ms\n", get(p, "s200_count"), get(p, "s200_p50_ms"), get(p, "s200_p99_ms")
+    printf "  shed 503:     %s, p50 %s ms, p99 %s ms, max %s ms\n", get(p, "s503_count"), get(p, "s503_p50_ms"), get(p, "s503_p99_ms"), get(p, "s503_max_ms")
     printf "after (%s connections, 5 s): p99 %s ms\n", get(a, "connections"), get(a, "s200_p99_ms")
 }'
