@@ -84,7 +84,19 @@ path="/api/v1/customers?limit=50"
 
 hwm() { awk '/^VmHWM/ {print $2}' "/proc/$daemon_pid/status"; }   # KiB
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$daemon_pid/status"; }
-field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
+# The daemon's own latency histogram (from /metrics, loopback may read it):
+# what a request cost inside the server, without the client's queueing.
+metrics() { curl -fs "http://$addr/metrics" | grep '^pagodirecto_http_request_duration_seconds_bucket{route="/api/v1/customers",method="GET"'; }
+# server_pct BEFORE AFTER STATUS P: the bucket bound (ms) under which P of the
+# requests with STATUS between the two snapshots fell.
+server_pct() {
+    awk -v st="status=\"$3\"" -v p="$4" '
+        index($0, st) { match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+                        if (FILENAME == ARGV[1]) before[le] = $2; else { after[le] = $2; order[++n] = le } }
+        END { total = after["+Inf"] - before["+Inf"]; if (total <= 0) { print "-"; exit }
+              for (i = 1; i <= n; i++) { le = order[i]; if (after[le] - before[le] >= p * total) {
+                  if (le == "+Inf") print "> last bucket"; else printf "<= %g\n", le * 1000; exit } } }' "$1" "$2"
+}
 
 echo "== warm-up 5s, $UNLOADED connections"
 "$client" "$addr" "$path" "$token" "$UNLOADED" 5 >/dev/null
@@ -97,11 +109,15 @@ echo "== overload: $CONNECTIONS connections, ${DURATION}s, limit $LIMIT in fligh
 # RSS sampled every 100 ms meanwhile, next to the kernel's high-water mark.
 ( peak=0; while kill -0 "$daemon_pid" 2>/dev/null; do r=$(rss); (( r > peak )) && peak=$r && echo "$peak" >"$data/peak"; sleep 0.1; done ) &
 sampler=$!
+metrics >"$data/m0"
 loaded=$("$client" "$addr" "$path" "$token" "$CONNECTIONS" "$DURATION")
 echo "$loaded"
+metrics >"$data/m1"
 echo "== overload, polite clients (a 503 waits for its Retry-After): $CONNECTIONS connections, ${DURATION}s"
 polite=$("$client" "$addr" "$path" "$token" "$CONNECTIONS" "$DURATION" polite)
 echo "$polite"
+metrics >"$data/m2"
+inside="in the server (histogram buckets, ms): flood 200 p99 $(server_pct "$data/m0" "$data/m1" 200 0.99), 503 p99 $(server_pct "$data/m0" "$data/m1" 503 0.99); polite 200 p99 $(server_pct "$data/m1" "$data/m2" 200 0.99), 503 p99 $(server_pct "$data/m1" "$data/m2" 503 0.99)"
 kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
 peak=$(cat "$data/peak" 2>/dev/null || echo 0)
 hwm_after=$(hwm)
@@ -126,3 +142,4 @@ BEGIN {
     printf "  shed 503:     %s, p50 %s ms, p99 %s ms, max %s ms\n", get(p, "s503_count"), get(p, "s503_p50_ms"), get(p, "s503_p99_ms"), get(p, "s503_max_ms")
     printf "after (%s connections, 5 s): p99 %s ms\n", get(a, "connections"), get(a, "s200_p99_ms")
 }'
+echo "$inside"
