@@ -25,16 +25,18 @@ use tracing::{info, warn};
 use crate::auth::{self, SigningKeys};
 use crate::backup::schedule::Schedule;
 use crate::backup::{Backups, Store, pipeline};
+use crate::cgroup::{self, Cgroups};
 use crate::config::{Config, Loaded};
 use crate::control::{
-    self, BackupReport, CheckReport, PostgresReport, Request, ResourceReport, StatusReport,
+    self, BackupReport, CgroupReport, CheckReport, LimitsReport, PostgresReport, Request,
+    ResourceReport, StatusReport,
 };
 use crate::health::Health;
 use crate::lock::DataDirLock;
 use crate::paths::Paths;
 use crate::postgres::{self, Cluster, State};
 use crate::secrets::SecretFile;
-use crate::{crm, demo, fsutil, http, logging, migrate, systemd, telemetry};
+use crate::{crm, demo, fsutil, http, logging, migrate, supervisor, systemd, telemetry};
 
 /// Where the application role's password is kept, under `Paths::secrets_dir`.
 pub const APP_SECRET: &str = "postgres-app.password";
@@ -79,11 +81,15 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
 
     let mut signals = Signals::new()?;
     http::tls::install_provider();
+    let open_files = supervisor::raise_own_nofile();
     let assets = web_assets(options.dev_assets)?;
     fsutil::ensure_dir(paths.data_dir(), 0o700)
         .with_context(|| format!("creating the data dir {}", paths.data_dir().display()))?;
     let _lock = DataDirLock::acquire(&paths.lock_file(), paths.data_dir())?;
     clear_runtime_files(&paths);
+    // Declared before postgres starts, so it is dropped (its groups removed)
+    // only after postgres has stopped.
+    let cgroups = Arc::new(setup_cgroups(&config, &paths));
 
     systemd::status("finding PostgreSQL binaries");
     let binaries = postgres::binaries::locate(&config.database, &paths.pg_installs())
@@ -95,7 +101,13 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
 
     systemd::status("starting postgres");
     let stop_postgres = CancellationToken::new();
-    let mut server = cluster.start(stop_postgres.clone());
+    let mut server = cluster.start(
+        stop_postgres.clone(),
+        supervisor::Limits {
+            cgroup_procs: cgroups.postgres_procs(),
+            core_dumps: config.limits.core_dumps,
+        },
+    );
     let starting = async {
         tokio::select! {
             ready = server.wait_ready() => ready.context("starting postgres")?,
@@ -111,6 +123,7 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
             server.status(),
             options.demo,
             assets,
+            &cgroups,
         )
         .await
         .map(Some)
@@ -131,16 +144,7 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
             };
         }
     };
-    let scheme = if serving.certs.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let urls: Vec<String> = serving
-        .bound
-        .iter()
-        .map(|a| format!("{scheme}://{a}"))
-        .collect();
+    let urls = serving.urls();
     info!(elapsed = ?started.elapsed(), ?urls, "ready");
     systemd::ready(&format!("serving on {}", urls.join(", ")));
 
@@ -153,6 +157,8 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
         samples: serving.samples.clone(),
         bound: serving.bound.clone(),
         started,
+        cgroups: cgroups.clone(),
+        open_files,
     };
     let mut reloader = Reloader::new(loaded, options.log_level.clone());
     let outcome = event_loop(
@@ -210,6 +216,7 @@ async fn start_serving(
     pg_status: watch::Receiver<postgres::Status>,
     demo: bool,
     assets: http::assets::Assets,
+    cgroups: &Arc<Cgroups>,
 ) -> Result<Serving> {
     let owner = cluster.account().map(|a| (a.uid, a.gid));
     let app_password = SecretFile::new(&paths.secrets_dir(), APP_SECRET).load_or_create(owner)?;
@@ -273,7 +280,7 @@ async fn start_serving(
     let stop_control = CancellationToken::new();
     tokio::spawn(control::serve(
         control_listener,
-        control_tx,
+        control_tx.clone(),
         stop_control.clone(),
     ));
 
@@ -286,9 +293,10 @@ async fn start_serving(
         backups: Some(backups.clone()),
         samples: samples.clone(),
         limits: config.limits.clone(),
+        status: Some(control_tx.clone()),
     });
     let edge = http::edge::Edge::new(&config.server);
-    let metrics = metrics_endpoint(config, &health, &backups, pg_status.clone());
+    let metrics = metrics_endpoint(config, &health, &backups, pg_status.clone(), cgroups);
     spawn_sampler(&samples, paths, pg_status, stop_http.clone());
     let router = http::router_with_assets(
         http::AppState {
@@ -410,6 +418,19 @@ fn web_assets(dev: Option<PathBuf>) -> Result<http::assets::Assets> {
 }
 
 impl Serving {
+    /// Where clients reach the server, as URLs.
+    fn urls(&self) -> Vec<String> {
+        let scheme = if self.certs.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        self.bound
+            .iter()
+            .map(|a| format!("{scheme}://{a}"))
+            .collect()
+    }
+
     /// Replaces the backup and drill tickers after a config reload.
     fn restart_schedules(&mut self, config: &Config) {
         self.stop_schedules.cancel();
@@ -445,6 +466,29 @@ impl Serving {
     }
 }
 
+/// The appliance's cgroups for this data dir, or none, said once in the log.
+fn setup_cgroups(config: &Config, paths: &Paths) -> Cgroups {
+    let limits = &config.limits;
+    let cores = |c: f64| (c > 0.0).then_some(c);
+    let budget = cgroup::Budget {
+        memory: limits.memory.as_u64(),
+        cpu: cores(limits.cpu),
+        postgres_memory: limits.postgres_memory.as_u64(),
+        postgres_cpu: cores(limits.postgres_cpu),
+    };
+    let cgroups = Cgroups::setup(
+        &cgroup::Host::current(),
+        &cgroup::id_for(paths.data_dir()),
+        &budget,
+    );
+    if cgroups.mode() == cgroup::Mode::None {
+        warn!(note = cgroups.note(), "no cgroup for the resource limits");
+    } else {
+        info!(mode = %cgroups.mode(), note = cgroups.note(), memory = %limits.memory, postgres_memory = %limits.postgres_memory, "resource limits enforced by cgroups");
+    }
+    cgroups
+}
+
 /// Samples the daemon and its postgres tree (found through the supervisor's
 /// current postmaster pid) until `stop`.
 fn spawn_sampler(
@@ -475,9 +519,19 @@ fn metrics_endpoint(
     health: &Arc<Health>,
     backups: &Arc<Backups>,
     pg_status: watch::Receiver<postgres::Status>,
+    cgroups: &Arc<Cgroups>,
 ) -> Arc<http::MetricsEndpoint> {
     let handle = telemetry::install();
-    let (health, backups) = (health.clone(), backups.clone());
+    let (health, backups, cgroups) = (health.clone(), backups.clone(), cgroups.clone());
+    telemetry::export_limits(&telemetry::Limits {
+        memory_bytes: config.limits.memory.as_u64(),
+        cpu_cores: config.limits.cpu,
+        postgres_memory_bytes: config.limits.postgres_memory.as_u64(),
+        postgres_cpu_cores: config.limits.postgres_cpu,
+        disk_reserve_bytes: config.limits.disk_reserve.as_u64(),
+        max_connections: config.limits.max_connections,
+        cgroup_mode: cgroups.mode().as_str(),
+    });
     let render = move || {
         let pg = pg_status.borrow().clone();
         metrics::gauge!("pagodirecto_postgres_up").set(if pg.state == State::Ready {
@@ -485,7 +539,13 @@ fn metrics_endpoint(
         } else {
             0.0
         });
-        metrics::gauge!("pagodirecto_postgres_restarts_total").set(f64::from(pg.restarts));
+        metrics::counter!("pagodirecto_postgres_restarts_total").absolute(u64::from(pg.restarts));
+        if let Some(code) = pg.last_exit_code {
+            metrics::gauge!("pagodirecto_postgres_last_exit_code").set(f64::from(code));
+        }
+        if let Some(usage) = cgroups.postgres_usage() {
+            telemetry::export_cgroup(&usage);
+        }
         let history = backups.history();
         if let Some(last) = &history.last_success {
             #[allow(clippy::cast_precision_loss)] // sizes and durations far below 2^53
@@ -1033,6 +1093,8 @@ fn clear_runtime_files(paths: &Paths) {
 }
 
 struct StatusContext<'a> {
+    cgroups: Arc<Cgroups>,
+    open_files: Option<u64>,
     config: &'a Config,
     source: String,
     cluster: &'a Cluster,
@@ -1094,6 +1156,40 @@ impl StatusContext<'_> {
                 data_free_bytes: s.data_free_bytes,
                 disk_reserve_bytes: self.config.limits.disk_reserve.as_u64(),
             }),
+            limits: self.limits_report(),
+            cgroup: self.cgroup_report(),
+        }
+    }
+
+    fn limits_report(&self) -> LimitsReport {
+        let limits = &self.config.limits;
+        LimitsReport {
+            memory_bytes: limits.memory.as_u64(),
+            cpu_cores: limits.cpu,
+            postgres_memory_bytes: limits.postgres_memory.as_u64(),
+            postgres_cpu_cores: limits.postgres_cpu,
+            max_connections: limits.max_connections,
+            pool_size: limits.pool_size,
+            max_concurrent_requests: self.config.server.max_concurrent_requests,
+            disk_reserve_bytes: limits.disk_reserve.as_u64(),
+            core_dumps: limits.core_dumps,
+            open_files: self.open_files,
+        }
+    }
+
+    fn cgroup_report(&self) -> CgroupReport {
+        let usage = self.cgroups.postgres_usage();
+        CgroupReport {
+            mode: self.cgroups.mode().as_str().to_string(),
+            note: self.cgroups.note().to_string(),
+            postgres_dir: self
+                .cgroups
+                .postgres_dir()
+                .map(std::path::Path::to_path_buf),
+            postgres_memory_bytes: usage.map(|u| u.memory_bytes),
+            postgres_memory_limit_bytes: usage.map(|u| u.memory_limit_bytes),
+            postgres_memory_peak_bytes: usage.map(|u| u.memory_peak_bytes),
+            postgres_oom_kills: usage.map(|u| u.oom_kills),
         }
     }
 

@@ -58,9 +58,12 @@ pub fn chown_recursive(path: &Path, uid: Uid, gid: Gid) -> io::Result<()> {
     Ok(())
 }
 
-/// Free bytes available to unprivileged users on the file system holding `path`.
+/// Free bytes available to unprivileged users on the file system that holds
+/// `path`, or would hold it once created (a backup directory before the
+/// first backup): the nearest existing ancestor is measured.
 pub fn available_bytes(path: &Path) -> io::Result<u64> {
-    let stat = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
+    let existing = path.ancestors().find(|p| p.exists()).unwrap_or(path);
+    let stat = nix::sys::statvfs::statvfs(existing).map_err(io::Error::from)?;
     Ok(stat.blocks_available() * stat.fragment_size())
 }
 
@@ -68,6 +71,18 @@ pub fn available_bytes(path: &Path) -> io::Result<u64> {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt as _;
+
+    #[test]
+    fn free_space_of_a_directory_not_yet_created_is_its_file_systems() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let later = dir.path().join("backups/not/yet");
+        let (later, now) = (
+            available_bytes(&later).expect("nearest existing ancestor"),
+            available_bytes(dir.path()).expect("exists"),
+        );
+        // The same file system (other processes may write meanwhile).
+        assert!(later.abs_diff(now) < 64 << 20, "{later} vs {now}");
+    }
 
     #[test]
     fn atomic_write_creates_a_private_file_and_leaves_no_temp() {

@@ -84,6 +84,9 @@ pub struct ApiState {
     /// The last hour of resource samples, for the System page's charts.
     pub samples: crate::telemetry::Samples,
     pub limits: crate::config::LimitsConfig,
+    /// The daemon's event loop, which answers `status` (the same report the
+    /// CLI shows). Absent in tests that build a router without a daemon.
+    pub status: Option<tokio::sync::mpsc::Sender<crate::control::Pending>>,
 }
 
 #[derive(utoipa::OpenApi)]
@@ -132,6 +135,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(api::audit::list))
         .routes(routes!(api::system::list, api::system::create))
         .routes(routes!(api::system::resources))
+        .routes(routes!(api::system::status))
         .routes(routes!(api::users::list, api::users::create))
         .routes(routes!(api::users::get, api::users::update))
         .split_for_parts()
@@ -213,6 +217,7 @@ pub(crate) mod tests {
             backups: None,
             samples: crate::telemetry::Samples::default(),
             limits: crate::config::LimitsConfig::default(),
+            status: None,
         })
     }
 

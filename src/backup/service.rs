@@ -232,10 +232,11 @@ impl Backups {
     /// Restores backup `name` over the live database.
     ///
     /// Order: verify the backup (nothing touched if it is bad or too new) →
-    /// safety backup of the current data → maintenance mode → restore into
-    /// a fresh database → migrate it forward → swap it in (the old one kept)
-    /// → drop the old one → leave maintenance. A failure at any step leaves
-    /// (or puts back) the previous database and leaves maintenance.
+    /// maintenance mode → at the same time, a safety backup of the current
+    /// data and the restore into a fresh database → migrate it forward → swap
+    /// it in → leave maintenance → drop the replaced one. A failure at any
+    /// step (the safety backup's included) leaves the previous database in
+    /// place and leaves maintenance.
     pub async fn restore(
         &self,
         name: &str,
@@ -271,31 +272,40 @@ impl Backups {
             pipeline::Progress::none(),
         )
         .await?;
-        let safety = super::create(
-            &self.target(),
-            &self.store(),
-            Some("pre-restore"),
-            &self.abort,
-            pipeline::Progress::none(),
-        )
-        .await?;
-        info!(
-            backup = name,
-            safety = safety.name,
-            "restoring; a safety backup of the current data was taken first"
-        );
+        // Maintenance first: no write can land between the safety backup's
+        // snapshot and the swap (it would be in neither). The current
+        // database stays untouched until the swap, so the safety backup of it
+        // and the restore into a fresh database run side by side.
         if let Some(health) = &self.health {
             health.set_maintenance(Some(format!("restoring backup {name}")));
         }
         let stamp = OffsetDateTime::now_utc().unix_timestamp();
         let incoming = format!("{}_restore_{stamp}", self.database);
         let old = format!("{}_old_{stamp}", self.database);
-        if let Err(err) =
-            super::restore_into(&self.target(), &self.store(), name, &incoming, progress).await
-        {
-            let _ = super::drop_database(&self.cluster, &incoming).await;
-            return Err(err);
-        }
+        let target = self.target();
+        let store = self.store();
+        let (safety, restored) = tokio::join!(
+            super::create(
+                &target,
+                &store,
+                Some("pre-restore"),
+                &self.abort,
+                pipeline::Progress::none(),
+            ),
+            super::restore_into(&target, &store, name, &incoming, progress),
+        );
+        let safety = match (safety, restored) {
+            (Ok(safety), Ok(_)) => safety,
+            (Err(err), _) | (Ok(_), Err(err)) => {
+                let _ = super::drop_database(&self.cluster, &incoming).await;
+                return Err(err);
+            }
+        };
+        info!(
+            backup = name,
+            safety = safety.name,
+            "restored into a fresh database; a safety backup of the current data was taken meanwhile"
+        );
         let migrated = self.migrate(&incoming).await;
         if let Err(err) = migrated {
             let _ = super::drop_database(&self.cluster, &incoming).await;

@@ -17,6 +17,7 @@ pub mod deals;
 mod list;
 mod money;
 pub mod payments;
+pub mod resource;
 pub mod system;
 pub mod users;
 
@@ -139,6 +140,53 @@ impl Scoped {
         })
     }
 
+    /// A read in one round trip: `BEGIN`, the scoping call, `sql` and
+    /// `COMMIT` go out together, and the caller's role is checked when the
+    /// answers come back; a refused caller gets the refusal, never the rows.
+    ///
+    /// The read is sent before the role is known, so it runs even for a
+    /// caller who is then refused, but only ever inside the token's own
+    /// tenant (the scoping call comes first in the same transaction, and RLS
+    /// shows nothing without it) and with no effect: only use it for reads.
+    pub async fn read(
+        state: &AppState,
+        auth: Auth,
+        permission: Permission,
+        headers: &HeaderMap,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, ApiError> {
+        let client = checkout(state).await?;
+        let scope = client
+            .prepare_cached("SELECT iam.begin_request($1, $2, $3)")
+            .await?;
+        let statement = client.prepare_cached(sql).await?;
+        let request_id = request_id(headers);
+        let user = Some(auth.user_id);
+        let scope_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&auth.tenant_id, &user, &request_id];
+        let (begun, role, rows, committed) = tokio::join!(
+            client.batch_execute("BEGIN"),
+            client.query_one(&scope, &scope_params),
+            client.query(&statement, params),
+            client.batch_execute("COMMIT"),
+        );
+        begun?;
+        let role: Option<String> = role?.get(0);
+        let role = role
+            .as_deref()
+            .and_then(Role::parse)
+            .ok_or(ApiError::Unauthenticated)?;
+        if !rbac::allows(role, permission) {
+            return Err(ApiError::Forbidden {
+                permission: permission.as_str(),
+            });
+        }
+        let rows = rows?;
+        committed?;
+        Ok(rows)
+    }
+
     pub fn client(&self) -> &deadpool_postgres::Object {
         self.client.as_ref().expect("present until commit or drop")
     }
@@ -169,17 +217,8 @@ async fn begin_raw(
     user: Option<Uuid>,
     headers: &HeaderMap,
 ) -> Result<(deadpool_postgres::Object, Option<Role>), ApiError> {
-    if let Some(reason) = state.health.maintenance() {
-        return Err(ApiError::Maintenance(reason));
-    }
-    if !*state.health.postgres_up.borrow() {
-        return Err(ApiError::Unavailable);
-    }
-    let client = state.api.pool.get().await?;
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let client = checkout(state).await?;
+    let request_id = request_id(headers);
     let statement = client
         .prepare_cached("SELECT iam.begin_request($1, $2, $3)")
         .await?;
@@ -192,6 +231,25 @@ async fn begin_raw(
     begun?;
     let role: Option<String> = row?.get(0);
     Ok((client, role.as_deref().and_then(Role::parse)))
+}
+
+/// A pooled connection, unless the database is down or in maintenance.
+async fn checkout(state: &AppState) -> Result<deadpool_postgres::Object, ApiError> {
+    if let Some(reason) = state.health.maintenance() {
+        return Err(ApiError::Maintenance(reason));
+    }
+    if !*state.health.postgres_up.borrow() {
+        return Err(ApiError::Unavailable);
+    }
+    Ok(state.api.pool.get().await?)
+}
+
+/// The request id the edge gave this request, for the audit log.
+fn request_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// `Json<T>` whose rejections are problem documents naming what was wrong.
@@ -428,6 +486,18 @@ pub fn optional_text(
     }
 }
 
+/// For an update of an optional text field: absent (keep), `null` or empty
+/// (clear), or a value checked like [`text`].
+pub fn clearable_text(
+    field: &str,
+    value: Option<&Option<String>>,
+    max: usize,
+) -> Result<Option<Option<String>>, ApiError> {
+    value
+        .map(|v| optional_text(field, v.as_deref(), max))
+        .transpose()
+}
+
 /// A plausible email: one `@`, something on both sides, no spaces. Lower-cased.
 pub fn email(field: &str, value: &str) -> Result<String, ApiError> {
     let value = value.trim().to_lowercase();
@@ -447,76 +517,6 @@ pub fn email(field: &str, value: &str) -> Result<String, ApiError> {
             field,
             format!("{field} is not a valid email address"),
         ))
-    }
-}
-
-/// The read every CRM resource shares: the read permission, the row as
-/// the tenant sees it (404 otherwise), its version as the `ETag`.
-#[allow(clippy::too_many_arguments)] // a table description, not a grab bag
-pub async fn get_row<T: serde::Serialize>(
-    state: &AppState,
-    auth: Auth,
-    headers: &HeaderMap,
-    id: Uuid,
-    table: &'static str,
-    columns: &str,
-    what: &'static str,
-    from_row: fn(&tokio_postgres::Row) -> T,
-    version: fn(&T) -> i32,
-) -> Result<Response, ApiError> {
-    let db = Scoped::begin(state, auth, Permission::CrmRead, headers).await?;
-    let row = db
-        .client()
-        .query_opt(
-            &format!("SELECT {columns} FROM {table} WHERE id = $1"),
-            &[&id],
-        )
-        .await?;
-    db.commit().await?;
-    let item = from_row(&row.ok_or(ApiError::NotFound(what))?);
-    Ok(with_etag(version(&item), axum::Json(item)))
-}
-
-/// The archive action every CRM resource shares: `If-Match` required, the
-/// archive permission, `archived_at` set once (archiving twice keeps the first
-/// time), 404 when the row is not visible and 412 when the version is stale.
-#[allow(clippy::too_many_arguments)] // a table description, not a grab bag
-pub async fn archive_row<T: serde::Serialize>(
-    state: &AppState,
-    auth: Auth,
-    headers: &HeaderMap,
-    id: Uuid,
-    table: &'static str,
-    columns: &str,
-    what: &'static str,
-    from_row: fn(&tokio_postgres::Row) -> T,
-    version: fn(&T) -> i32,
-) -> Result<Response, ApiError> {
-    let expected = if_match(headers)?;
-    let db = Scoped::begin(state, auth, Permission::CrmArchive, headers).await?;
-    let sql = format!(
-        "UPDATE {table} SET archived_at = coalesce(archived_at, now()) WHERE id = $1 AND version = $2 RETURNING {columns}"
-    );
-    let row = db.client().query_opt(&sql, &[&id, &expected]).await?;
-    let Some(row) = row else {
-        return Err(missing_or_stale(&db, table, id, what).await);
-    };
-    db.commit().await?;
-    let item = from_row(&row);
-    Ok(with_etag(version(&item), axum::Json(item)))
-}
-
-/// After an update matched no row: 404 if the row is not visible, else the
-/// version was stale (412).
-pub async fn missing_or_stale(db: &Scoped, table: &str, id: Uuid, what: &'static str) -> ApiError {
-    match db
-        .client()
-        .query_opt(&format!("SELECT 1 FROM {table} WHERE id = $1"), &[&id])
-        .await
-    {
-        Ok(Some(_)) => ApiError::PreconditionFailed,
-        Ok(None) => ApiError::NotFound(what),
-        Err(err) => err.into(),
     }
 }
 

@@ -515,3 +515,44 @@ fn demo_data_is_seeded_once_and_serves_each_tenant_its_own() {
     );
     drop(daemon);
 }
+
+#[test]
+fn versions_change_only_when_the_row_does() {
+    let crm = Crm::start();
+    let agent = crm.add_user("default", "typo@x.org", "agent");
+    let me = crm.get(&agent, "/api/v1/auth/me").expect(200).body;
+    let path = format!("/api/v1/users/{}", me["id"].as_str().expect("id"));
+    let before = etag_of(&crm, &crm.owner, &path);
+
+    // Someone mistypes this user's password: the lockout counter moves, the
+    // user (as an admin sees and edits it) does not.
+    crm.request(
+        Method::POST,
+        "/api/v1/auth/login",
+        None,
+        Some(json!({"email": "typo@x.org", "password": "wrong password"})),
+        &[],
+    )
+    .expect_problem(401, "bad-credentials");
+    assert_eq!(etag_of(&crm, &crm.owner, &path), before);
+    crm.patch(&crm.owner, &path, &before, json!({"name": "Still fresh"}))
+        .expect(200);
+
+    // An update that changes nothing keeps the version (and the ETag valid).
+    let customer = crm
+        .post(&crm.owner, "/api/v1/customers", json!({"name": "Same"}))
+        .expect(201);
+    let customer_path = format!(
+        "/api/v1/customers/{}",
+        customer.body["id"].as_str().expect("id")
+    );
+    let etag = customer.header("etag").to_string();
+    let unchanged = crm
+        .patch(&crm.owner, &customer_path, &etag, json!({"name": "Same"}))
+        .expect(200);
+    assert_eq!(unchanged.header("etag"), etag);
+    let changed = crm
+        .patch(&crm.owner, &customer_path, &etag, json!({"name": "Other"}))
+        .expect(200);
+    assert_ne!(changed.header("etag"), etag);
+}

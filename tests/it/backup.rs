@@ -517,3 +517,67 @@ fn admins_back_up_through_the_api_and_others_may_not() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn admins_see_the_status_report_and_resource_samples_and_others_may_not() {
+    let crm = Crm::start();
+    let agent = crm.add_user("default", "agent@x.org", "agent");
+    crm.get(&agent, "/api/v1/system/status")
+        .expect_problem(403, "forbidden");
+    crm.get(&agent, "/api/v1/system/resources")
+        .expect_problem(403, "forbidden");
+
+    // The same report `pagodirecto status --json` prints.
+    let status = crm
+        .get(&crm.owner, "/api/v1/system/status")
+        .expect(200)
+        .body;
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"), "{status}");
+    assert_eq!(status["ready"], true, "{status}");
+    assert!(status["uptime_secs"].is_u64(), "{status}");
+    assert_eq!(status["postgres"]["state"], "ready", "{status}");
+    assert_eq!(status["postgres"]["restarts"], 0, "{status}");
+    assert!(
+        status["checks"].as_array().is_some_and(|c| !c.is_empty()),
+        "{status}"
+    );
+
+    // The charts' data: at least one sample, measured against the budget.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let resources = loop {
+        let resources = crm
+            .get(&crm.owner, "/api/v1/system/resources")
+            .expect(200)
+            .body;
+        if resources["samples"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty())
+        {
+            break resources;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no samples: {resources}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let sample = &resources["samples"][0];
+    assert!(
+        sample["daemon_rss_bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 1_000_000),
+        "{sample}"
+    );
+    assert!(
+        sample["postgres_rss_bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 1_000_000),
+        "{sample}"
+    );
+    assert!(
+        resources["postgres_memory_bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 0),
+        "{resources}"
+    );
+}

@@ -21,3 +21,5 @@ mod browser;
 mod cli;
 mod edge;
 mod lifecycle;
+mod service;
+mod limits;

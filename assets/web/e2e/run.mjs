@@ -289,16 +289,22 @@ async function main() {
     await form.getByLabel('Phone').fill('+51 1 555 0199');
     await form.getByRole('button', { name: 'Save changes' }).click();
     await page.getByRole('alert').filter({ hasText: 'Someone else changed this' }).waitFor();
-    // The form re-opened with the other edit in it; saving again works.
+    // The form re-opened with the other edit in it; making the change again
+    // on top of it works.
     await page.waitForFunction(
       () => document.querySelector('form[aria-label="Edit customer"] textarea')?.value === 'changed elsewhere',
       undefined,
       { timeout: STEP_TIMEOUT_MS },
     );
-    await page.getByRole('form', { name: 'Edit customer' }).getByRole('button', { name: 'Save changes' }).click();
+    const again = page.getByRole('form', { name: 'Edit customer' });
+    await again.getByLabel('Phone').fill('+51 1 555 0199');
+    await again.getByRole('button', { name: 'Save changes' }).click();
     await page.getByRole('status').filter({ hasText: 'Changes saved.' }).waitFor();
     const stored = await api(base, token, 'GET', `/api/v1/customers/${id}`);
-    check(stored.body.notes === 'changed elsewhere' && stored.body.version > other.body.version, `stored: ${JSON.stringify(stored.body)}`);
+    check(
+      stored.body.notes === 'changed elsewhere' && stored.body.phone === '+51 1 555 0199' && stored.body.version > other.body.version,
+      `stored: ${JSON.stringify(stored.body)}`,
+    );
   });
 
   await step('add a contact and log an activity on the customer', async () => {
@@ -374,12 +380,19 @@ async function main() {
     await shot('06-users');
   });
 
-  await step('open the System page: readiness, an honest empty state, back up now', async () => {
+  await step('open the System page: readiness, uptime and restarts, resource charts, back up now', async () => {
     await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'System' }).click();
     await heading('System').waitFor();
     await page.getByText('Ready', { exact: true }).waitFor();
     await page.getByRole('rowheader', { name: 'postgres' }).waitFor();
-    await page.getByText('Resource usage appears once metrics are built.').waitFor();
+    await page.getByText('none since the server started').waitFor();
+    // Charts of the sampler's measurements against the configured limits
+    // (the first sample is taken as the server starts).
+    const memory = page.getByRole('img', { name: /^Memory, last \d+ minutes\. Now: PostgreSQL [\d.]+ MiB/ });
+    await memory.waitFor();
+    check(/PostgreSQL budget [\d.]+ [KMG]iB/.test(await memory.getAttribute('aria-label')), 'the memory chart shows the budget');
+    await page.getByRole('img', { name: /^CPU, last/ }).waitFor();
+    await page.getByRole('img', { name: /^Disk free, last/ }).waitFor();
     await page.getByText('No backups yet.').waitFor();
     await page.getByRole('button', { name: 'Back up now' }).click();
     await page.getByRole('table', { name: 'Backups, newest first' }).getByRole('row').nth(1).waitFor({ timeout: 90_000 });

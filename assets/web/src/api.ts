@@ -330,3 +330,41 @@ export interface Readiness {
   ready: boolean;
   checks: Record<string, { ok: boolean; detail: string }>;
 }
+
+/** One resource sample (every 5 s, the last hour kept). */
+export interface Sample {
+  at: number;
+  daemon_rss_bytes: number;
+  daemon_cpu_percent: number;
+  postgres_rss_bytes: number;
+  postgres_cpu_percent: number;
+  postgres_processes: number;
+  data_free_bytes: number;
+  backup_free_bytes: number;
+}
+
+export interface Resources {
+  samples: Sample[];
+  postgres_memory_bytes: number;
+  disk_reserve_bytes: number;
+  max_connections: number;
+}
+
+/** The report `pagodirecto status --json` prints (the parts the page shows). */
+export interface Status {
+  version: string;
+  pid: number;
+  uptime_secs: number;
+  ready: boolean;
+  postgres: {
+    state: string;
+    pid: number | null;
+    restarts: number;
+    last_exit: string | null;
+    state_since_secs: number;
+    version: string;
+  };
+  config_loaded_at: string;
+  restart_pending: string[];
+  config_error: string | null;
+}

@@ -1,4 +1,5 @@
-//! `/api/v1/system`: the appliance itself, for admins — backups for now.
+//! `/api/v1/system`: the appliance itself, for admins — its status (the
+//! report `pagodirecto status` shows), resource samples and backups.
 
 use axum::Json;
 use axum::extract::State;
@@ -138,8 +139,12 @@ pub struct Resources {
     /// Samples every 5 s over the last hour, oldest first.
     #[schema(value_type = Vec<Object>)]
     pub samples: Vec<crate::telemetry::Sample>,
-    /// The budget the samples are measured against.
+    /// The budget the samples are measured against (`[limits]`; cores 0 =
+    /// no CPU limit).
+    pub memory_bytes: u64,
+    pub cpu_cores: f64,
     pub postgres_memory_bytes: u64,
+    pub postgres_cpu_cores: f64,
     pub disk_reserve_bytes: u64,
     pub max_connections: u32,
 }
@@ -159,8 +164,38 @@ pub async fn resources(
     let limits = &state.api.limits;
     Ok(Json(Resources {
         samples: state.api.samples.all(),
+        memory_bytes: limits.memory.as_u64(),
+        cpu_cores: limits.cpu,
         postgres_memory_bytes: limits.postgres_memory.as_u64(),
+        postgres_cpu_cores: limits.postgres_cpu,
         disk_reserve_bytes: limits.disk_reserve.as_u64(),
         max_connections: limits.max_connections,
     }))
+}
+
+#[utoipa::path(get, path = "/api/v1/system/status", tag = "system",
+    description = "The report `pagodirecto status --json` prints: version, uptime, readiness checks, postgres (state, restarts, last exit), backups, configuration, latest resources.",
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn status(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Scoped::begin(&state, auth, Permission::SystemManage, &headers)
+        .await?
+        .commit()
+        .await?;
+    let events = state.api.status.as_ref().ok_or(ApiError::Unavailable)?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    events
+        .send((crate::control::Request::Status, reply))
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
+    match tokio::time::timeout(std::time::Duration::from_secs(5), answer).await {
+        Ok(Ok(Ok(report))) => Ok(Json(report)),
+        Ok(Ok(Err(reason))) => Err(ApiError::Internal(anyhow::anyhow!(reason))),
+        // The daemon is stopping, or too busy to answer in time.
+        Ok(Err(_)) | Err(_) => Err(ApiError::Unavailable),
+    }
 }

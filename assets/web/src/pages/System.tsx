@@ -1,8 +1,10 @@
-// The appliance itself, for admins: readiness of each part, the backups with
-// "Back up now", and an honest empty state where metrics will go.
+// The appliance itself, for admins: readiness of each part, uptime and
+// restarts, resource usage against the configured limits over the last hour,
+// and the backups with "Back up now".
 import { useEffect, useState } from 'react';
-import { ApiError, get, request, type Backups, type Readiness } from '../api';
-import { bytes, dateTime } from '../format';
+import { ApiError, get, request, type Backups, type Readiness, type Resources, type Status } from '../api';
+import { LineChart } from '../chart';
+import { bytes, dateTime, duration, percent } from '../format';
 import { ErrorMessage, Notice, useLoad, useTitle } from '../ui';
 
 /** /ready answers 503 with the same JSON when a check fails: both are data here. */
@@ -16,6 +18,17 @@ export function System() {
   useTitle('System');
   const ready = useLoad(readiness, []);
   const backups = useLoad(() => get<Backups>('/api/v1/system/backups'), []);
+  const status = useLoad(() => get<Status>('/api/v1/system/status'), []);
+  const resources = useLoad(() => get<Resources>('/api/v1/system/resources'), []);
+
+  // The sampler measures every 5 s: follow it while the page is open.
+  useEffect(() => {
+    const timer = window.setInterval(() => {
+      status.reload();
+      resources.reload();
+    }, 10000);
+    return () => window.clearInterval(timer);
+  }, [status.reload, resources.reload]);
   const [error, setError] = useState<unknown>(null);
   const [started, setStarted] = useState(false);
   const running = backups.data?.running ?? null;
@@ -90,17 +103,44 @@ export function System() {
         )}
       </section>
 
-      <section className="card" aria-labelledby="resources-title">
-        <h2 id="resources-title">Resource usage</h2>
-        <div className="empty">
-          <p>
-            <strong>Resource usage appears once metrics are built.</strong>
-          </p>
-          <p className="muted">
-            This server does not yet record CPU, memory, disk use, uptime or restarts over time, so there is nothing to chart. No numbers
-            are shown rather than made-up ones.
-          </p>
+      <section className="card" aria-labelledby="processes-title">
+        <div className="heading">
+          <h2 id="processes-title">Processes</h2>
         </div>
+        <ErrorMessage error={status.error} />
+        {status.data && (
+          <dl className="facts">
+            <dt>Server</dt>
+            <dd>
+              PagoDirecto {status.data.version}, up {duration(status.data.uptime_secs)} (pid {status.data.pid})
+            </dd>
+            <dt>PostgreSQL</dt>
+            <dd className={status.data.postgres.state === 'ready' ? 'ok' : 'bad'}>
+              {status.data.postgres.version}: {status.data.postgres.state} for {duration(status.data.postgres.state_since_secs)}
+            </dd>
+            <dt>Restarts</dt>
+            <dd>
+              {status.data.postgres.restarts === 0
+                ? 'none since the server started'
+                : `${status.data.postgres.restarts}; last exit: ${status.data.postgres.last_exit ?? 'unknown'}`}
+            </dd>
+            <dt>Configuration</dt>
+            <dd>
+              loaded {dateTime(status.data.config_loaded_at)}
+              {status.data.restart_pending.length > 0 && `; restart needed for ${status.data.restart_pending.join(', ')}`}
+              {status.data.config_error && `; last edit refused: ${status.data.config_error}`}
+            </dd>
+          </dl>
+        )}
+      </section>
+
+      <section className="card" aria-labelledby="resources-title">
+        <h2 id="resources-title">Resource usage, last hour</h2>
+        <ErrorMessage error={resources.error} />
+        {resources.data && resources.data.samples.length === 0 && (
+          <p className="muted">The first sample is taken a few seconds after the server starts.</p>
+        )}
+        {resources.data && resources.data.samples.length > 0 && <ResourceCharts resources={resources.data} />}
       </section>
 
       <section className="card" aria-labelledby="backups-title">
@@ -152,5 +192,43 @@ export function System() {
         )}
       </section>
     </section>
+  );
+}
+
+function ResourceCharts({ resources }: { resources: Resources }) {
+  const { samples } = resources;
+  const times = samples.map((s) => s.at);
+  return (
+    <div className="charts">
+      <LineChart
+        title="Memory"
+        times={times}
+        format={bytes}
+        series={[
+          { label: 'PostgreSQL', className: 'series-1', values: samples.map((s) => s.postgres_rss_bytes) },
+          { label: 'Server', className: 'series-2', values: samples.map((s) => s.daemon_rss_bytes) },
+        ]}
+        limit={{ label: 'PostgreSQL budget', value: resources.postgres_memory_bytes }}
+      />
+      <LineChart
+        title="CPU"
+        times={times}
+        format={percent}
+        series={[
+          { label: 'PostgreSQL', className: 'series-1', values: samples.map((s) => s.postgres_cpu_percent) },
+          { label: 'Server', className: 'series-2', values: samples.map((s) => s.daemon_cpu_percent) },
+        ]}
+      />
+      <LineChart
+        title="Disk free"
+        times={times}
+        format={bytes}
+        series={[
+          { label: 'Data', className: 'series-1', values: samples.map((s) => s.data_free_bytes) },
+          { label: 'Backups', className: 'series-2', values: samples.map((s) => s.backup_free_bytes) },
+        ]}
+        limit={{ label: 'Reserve', value: resources.disk_reserve_bytes }}
+      />
+    </div>
   );
 }
