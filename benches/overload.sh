@@ -5,6 +5,9 @@
 # Prints: whether the daemon stayed up, its peak RSS (VmHWM) before and after,
 # how many requests were shed with 503 and how fast those answers came, and
 # the p99 of admitted (200) requests against an unloaded run (4 connections).
+# Two overload runs: a flood (every 503 is retried at once: the CPU goes to
+# refusing) and polite clients (a 503 waits for its Retry-After, as browsers
+# and our web app's client do).
 #
 # The client is examples/overload.rs (wrk cannot split latency by status).
 # Not run by CI. Needs curl. As root the daemon runs PostgreSQL as the
@@ -81,7 +84,19 @@ path="/api/v1/customers?limit=50"
 
 hwm() { awk '/^VmHWM/ {print $2}' "/proc/$daemon_pid/status"; }   # KiB
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$daemon_pid/status"; }
-field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
+# The daemon's own latency histogram (from /metrics, loopback may read it):
+# what a request cost inside the server, without the client's queueing.
+metrics() { curl -fs "http://$addr/metrics" | grep '^pagodirecto_http_request_duration_seconds_bucket{route="/api/v1/customers",method="GET"'; }
+# server_pct BEFORE AFTER STATUS P: the bucket bound (ms) under which P of the
+# requests with STATUS between the two snapshots fell.
+server_pct() {
+    awk -v st="status=\"$3\"" -v p="$4" '
+        index($0, st) { match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+                        if (FILENAME == ARGV[1]) before[le] = $2; else { after[le] = $2; order[++n] = le } }
+        END { total = after["+Inf"] - before["+Inf"]; if (total <= 0) { print "-"; exit }
+              for (i = 1; i <= n; i++) { le = order[i]; if (after[le] - before[le] >= p * total) {
+                  if (le == "+Inf") print "> last bucket"; else printf "<= %g\n", le * 1000; exit } } }' "$1" "$2"
+}
 
 echo "== warm-up 5s, $UNLOADED connections"
 "$client" "$addr" "$path" "$token" "$UNLOADED" 5 >/dev/null
@@ -94,25 +109,37 @@ echo "== overload: $CONNECTIONS connections, ${DURATION}s, limit $LIMIT in fligh
 # RSS sampled every 100 ms meanwhile, next to the kernel's high-water mark.
 ( peak=0; while kill -0 "$daemon_pid" 2>/dev/null; do r=$(rss); (( r > peak )) && peak=$r && echo "$peak" >"$data/peak"; sleep 0.1; done ) &
 sampler=$!
+metrics >"$data/m0"
 loaded=$("$client" "$addr" "$path" "$token" "$CONNECTIONS" "$DURATION")
-kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
 echo "$loaded"
+metrics >"$data/m1"
+echo "== overload, polite clients (a 503 waits for its Retry-After): $CONNECTIONS connections, ${DURATION}s"
+polite=$("$client" "$addr" "$path" "$token" "$CONNECTIONS" "$DURATION" polite)
+echo "$polite"
+metrics >"$data/m2"
+inside="in the server (histogram buckets, ms): flood 200 p99 $(server_pct "$data/m0" "$data/m1" 200 0.99), 503 p99 $(server_pct "$data/m0" "$data/m1" 503 0.99); polite 200 p99 $(server_pct "$data/m1" "$data/m2" 200 0.99), 503 p99 $(server_pct "$data/m1" "$data/m2" 503 0.99)"
+kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
+peak=$(cat "$data/peak" 2>/dev/null || echo 0)
 hwm_after=$(hwm)
 
 up=no
 kill -0 "$daemon_pid" 2>/dev/null && curl -fs "http://$addr/ready" >/dev/null && up=yes
 after=$("$client" "$addr" "$path" "$token" "$UNLOADED" 5)
 
-awk -v u="$unloaded" -v l="$loaded" -v a="$after" -v up="$up" -v hb="$hwm_before" -v ha="$hwm_after" -v rb="$rss_before" \
+awk -v u="$unloaded" -v l="$loaded" -v p="$polite" -v pk="$peak" -v a="$after" -v up="$up" -v hb="$hwm_before" -v ha="$hwm_after" -v rb="$rss_before" \
     -v c="$CONNECTIONS" -v lim="$LIMIT" -v d="$DURATION" -v cpus="$(nproc)" -v load="$(cut -d' ' -f1 /proc/loadavg)" '
 function get(s, k,   m) { if (match(s, " " k "=[^ ]*")) return substr(s, RSTART + length(k) + 2, RLENGTH - length(k) - 2); return 0 }
 BEGIN {
     printf "\n== results (%d CPUs shared by daemon, postgres and the client; load average %s after)\n", cpus, load
     printf "daemon up and ready after the overload: %s\n", up
-    printf "daemon peak RSS (VmHWM): %.1f MiB before the overload (RSS %.1f MiB), %.1f MiB after\n", hb / 1024, rb / 1024, ha / 1024
+    printf "daemon peak RSS (VmHWM): %.1f MiB before the overload (RSS %.1f MiB), %.1f MiB after (highest RSS sampled during: %.1f MiB)\n", hb / 1024, rb / 1024, ha / 1024, pk / 1024
     printf "unloaded (%s connections): %s req/s, all 200: %s, p50 %s ms, p99 %s ms\n", get(u, "connections"), get(u, "rps"), get(u, "s200_count"), get(u, "s200_p50_ms"), get(u, "s200_p99_ms")
     printf "overload (%d connections, limit %d, %ds): %s responses, %s req/s, connect errors %s, I/O errors %s\n", c, lim, d, get(l, "responses"), get(l, "rps"), get(l, "connect_errors"), get(l, "io_errors")
     printf "  admitted 200: %s, p50 %s ms, p99 %s ms\n", get(l, "s200_count"), get(l, "s200_p50_ms"), get(l, "s200_p99_ms")
     printf "  shed 503:     %s, p50 %s ms, p99 %s ms, max %s ms\n", get(l, "s503_count"), get(l, "s503_p50_ms"), get(l, "s503_p99_ms"), get(l, "s503_max_ms")
+    printf "overload, polite clients (%d connections, 503 then wait Retry-After): %s responses, %s req/s\n", c, get(p, "responses"), get(p, "rps")
+    printf "  admitted 200: %s, p50 %s ms, p99 %s ms\n", get(p, "s200_count"), get(p, "s200_p50_ms"), get(p, "s200_p99_ms")
+    printf "  shed 503:     %s, p50 %s ms, p99 %s ms, max %s ms\n", get(p, "s503_count"), get(p, "s503_p50_ms"), get(p, "s503_p99_ms"), get(p, "s503_max_ms")
     printf "after (%s connections, 5 s): p99 %s ms\n", get(a, "connections"), get(a, "s200_p99_ms")
 }'
+echo "$inside"

@@ -4,7 +4,10 @@
 //! shed (503) requests are measured apart; wrk can count statuses but cannot
 //! split its latencies by them.
 //!
-//!   overload ADDR PATH TOKEN CONNECTIONS SECONDS
+//!   overload ADDR PATH TOKEN CONNECTIONS SECONDS [polite]
+//!
+//! `polite`: after a 503 a connection waits for its `Retry-After`, as a
+//! well-behaved client does; without it, it asks again at once (a flood).
 //!
 //! Prints one `RESULT key=value …` line. Runs on one thread so it takes at
 //! most one core from the daemon it measures.
@@ -33,8 +36,9 @@ struct Tally {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, addr, path, token, connections, seconds] = args.as_slice() else {
-        eprintln!("usage: overload ADDR PATH TOKEN CONNECTIONS SECONDS");
+    let polite = args.get(6).is_some_and(|mode| mode == "polite");
+    let [_, addr, path, token, connections, seconds] = &args[..args.len().min(6)] else {
+        eprintln!("usage: overload ADDR PATH TOKEN CONNECTIONS SECONDS [polite]");
         std::process::exit(2);
     };
     let connections: usize = connections.parse().expect("CONNECTIONS is a number");
@@ -49,7 +53,7 @@ fn main() {
     let deadline = started + Duration::from_secs(seconds);
     let tallies = runtime.block_on(async {
         let tasks: Vec<_> = (0..connections)
-            .map(|_| tokio::spawn(client(addr.clone(), request.clone(), deadline)))
+            .map(|_| tokio::spawn(client(addr.clone(), request.clone(), deadline, polite)))
             .collect();
         let mut out = Vec::new();
         for task in tasks {
@@ -89,7 +93,7 @@ fn main() {
     println!("{line}");
 }
 
-async fn client(addr: String, request: String, deadline: Instant) -> Tally {
+async fn client(addr: String, request: String, deadline: Instant, polite: bool) -> Tally {
     let mut tally = Tally::default();
     let mut buf = Vec::with_capacity(64 * 1024);
     while Instant::now() < deadline {
@@ -106,7 +110,8 @@ async fn client(addr: String, request: String, deadline: Instant) -> Tally {
                 tally.io_errors += 1;
                 break;
             }
-            let Some((status, close)) = read_response(&mut stream, &mut buf).await else {
+            let Some((status, close, retry_after)) = read_response(&mut stream, &mut buf).await
+            else {
                 tally.io_errors += 1;
                 break;
             };
@@ -115,14 +120,20 @@ async fn client(addr: String, request: String, deadline: Instant) -> Tally {
             if close {
                 break;
             }
+            if polite && let Some(secs) = retry_after {
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+            }
         }
     }
     tally
 }
 
 /// Reads one response with a `Content-Length` body; `(status, connection
-/// closes)`, or `None` when the connection failed.
-async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u16, bool)> {
+/// closes, Retry-After)`, or `None` when the connection failed.
+async fn read_response(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<(u16, bool, Option<u64>)> {
     buf.clear();
     let mut chunk = [0u8; 4 * 1024];
     let head_end = loop {
@@ -139,9 +150,13 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u16
         .find_map(|l| l.strip_prefix("content-length:"))
         .and_then(|v| v.trim().parse().ok())?;
     let close = head.lines().any(|l| l.trim() == "connection: close");
+    let retry_after = head
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after:"))
+        .and_then(|v| v.trim().parse().ok());
     while buf.len() < head_end + length {
         let n = stream.read(&mut chunk).await.ok().filter(|n| *n > 0)?;
         buf.extend_from_slice(&chunk[..n]);
     }
-    Some((status, close))
+    Some((status, close, retry_after))
 }

@@ -40,6 +40,19 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct Edge {
     limits: std::sync::RwLock<Arc<Limits>>,
     clock: DefaultClock,
+    /// Requests refused so far, by the rate limits and by shedding: under
+    /// overload a log line per refusal would cost more than the refusal.
+    limited: std::sync::atomic::AtomicU64,
+    shed: std::sync::atomic::AtomicU64,
+}
+
+/// The first refusal of a kind is logged, then every this many.
+const LOG_EVERY: u64 = 1000;
+
+/// Counts one refusal; true when this one should be logged.
+fn count(counter: &std::sync::atomic::AtomicU64) -> (bool, u64) {
+    let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    (n % LOG_EVERY == 1, n)
 }
 
 struct Limits {
@@ -89,6 +102,8 @@ impl Edge {
         Arc::new(Self {
             limits: std::sync::RwLock::new(Arc::new(Limits::new(cfg))),
             clock: DefaultClock::default(),
+            limited: std::sync::atomic::AtomicU64::new(0),
+            shed: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -258,7 +273,9 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
             };
             if let Err(not_until) = limiter.check_key(&ip) {
                 let wait = not_until.wait_time_from(edge.clock.now());
-                tracing::warn!(%ip, "rate limited");
+                if let (true, total) = count(&edge.limited) {
+                    tracing::warn!(%ip, total, "rate limited (logged once per {LOG_EVERY})");
+                }
                 return ApiError::TooManyRequests {
                     detail: "too many requests from this address; slow down".into(),
                     retry_after: wait.as_secs().max(1),
@@ -275,7 +292,12 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
         // Shed, don't queue: past the limit a request gets 503 at once, so a
         // burst cannot pile up latency for everyone.
         let Ok(_permit) = limits.in_flight.try_acquire() else {
-            tracing::warn!("over the concurrency limit; shedding");
+            if let (true, total) = count(&edge.shed) {
+                tracing::warn!(
+                    total,
+                    "over the concurrency limit; shedding (logged once per {LOG_EVERY})"
+                );
+            }
             return ApiError::Overloaded.into_response();
         };
         if let Ok(response) = tokio::time::timeout(limits.timeout, next.run(req)).await {
