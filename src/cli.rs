@@ -4,16 +4,19 @@
 //! Commands that act on a running daemon go through its control socket;
 //! commands that need the database with no daemon running take the data-dir
 //! lock and start PostgreSQL themselves. `postgres install|status` need
-//! neither (see `cli/postgres_cmd.rs`).
+//! neither (see `cli/postgres_cmd.rs`), and neither does `service`, which
+//! only writes the files of a standalone install (`cli/service.rs`).
 
 mod backup;
 mod config_cmd;
 mod database;
+mod doctor;
 mod logs;
 mod migrate;
 mod postgres_cmd;
 mod psql;
 mod run;
+mod service;
 mod status;
 mod users;
 
@@ -64,6 +67,9 @@ pub enum Command {
     },
     /// Print the running daemon's metrics (Prometheus text) from its control socket
     Metrics,
+    /// Check the host and configuration (binaries, data dir ownership, disk
+    /// reserve, cgroups, ports…) and say how to fix problems; exit 1 on a failure
+    Doctor,
     /// Show the daemon's and PostgreSQL's logs
     Logs {
         /// Keep printing new lines
@@ -123,6 +129,11 @@ pub enum Command {
     Postgres {
         #[command(subcommand)]
         action: PostgresAction,
+    },
+    /// Install or remove the systemd service on a host without the .deb
+    Service {
+        #[command(subcommand)]
+        action: service::ServiceAction,
     },
 }
 
@@ -223,11 +234,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     };
     match command {
         Command::Config { action } => config_cmd::run(&action, load()),
+        Command::Service { action } => service::run(&action),
         Command::Run {
             demo, dev_assets, ..
         } => runtime.block_on(run::run(load()?, demo, dev_assets)),
         Command::Status { json } => runtime.block_on(status::run(&load()?, json)),
         Command::Metrics => runtime.block_on(status::metrics(&load()?)),
+        Command::Doctor => runtime.block_on(doctor::run(load(), data_dir.clone())),
         Command::Auth {
             action: AuthAction::RotateKey,
         } => runtime.block_on(users::rotate_key(load()?)),

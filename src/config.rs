@@ -62,6 +62,43 @@ pub struct ServerConfig {
     /// Client addresses that may read `/metrics` over HTTP (the control
     /// socket always serves it); loopback by default.
     pub metrics_allow: Vec<std::net::IpAddr>,
+    /// `files`: TLS when `tls_cert` and `tls_key` are set, plain HTTP
+    /// otherwise; `self-signed`: a certificate generated once into the data dir.
+    pub tls: TlsMode,
+    /// PEM certificate chain (leaf first); reloaded when the file changes.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`; reloaded when the file changes.
+    pub tls_key: Option<PathBuf>,
+    /// With TLS on: also listen here for plain HTTP that only redirects to HTTPS.
+    pub redirect_http: Option<SocketAddr>,
+    /// Origins (`https://crm.example.com`) whose browsers may call the API
+    /// cross-origin; none by default.
+    pub cors_origins: Vec<String>,
+    /// The largest request body accepted (413 beyond).
+    pub max_body: ByteSize,
+    /// A client must send its request headers within this time (and finish
+    /// the TLS handshake), or the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+}
+
+/// Where the HTTPS certificate comes from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// From `tls_cert`/`tls_key` when they are set; plain HTTP otherwise.
+    #[default]
+    Files,
+    /// Generated on first start and kept in the data dir (LAN demos).
+    SelfSigned,
+}
+
+impl ServerConfig {
+    /// Whether the listeners speak TLS.
+    #[must_use]
+    pub fn tls_enabled(&self) -> bool {
+        self.tls == TlsMode::SelfSigned || self.tls_cert.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -150,8 +187,19 @@ impl std::fmt::Debug for Secret {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Memory budget for PostgreSQL: shared_buffers, work_mem… derive from it.
+    /// Memory for the whole appliance (daemon, PostgreSQL, backup tools):
+    /// the limit on its cgroup where the host allows one.
+    pub memory: ByteSize,
+    /// Cores for the whole appliance (e.g. 1.5); 0 = no limit.
+    pub cpu: f64,
+    /// PostgreSQL's share of `memory`: its cgroup's limit, and what
+    /// shared_buffers, work_mem… derive from.
     pub postgres_memory: ByteSize,
+    /// PostgreSQL's share of `cpu`, in cores; 0 = as much as `cpu`.
+    pub postgres_cpu: f64,
+    /// Let the processes we start write core dumps (off: a postgres core
+    /// holds the database's memory, customer data included).
+    pub core_dumps: bool,
     /// PostgreSQL `max_connections`.
     pub max_connections: u32,
     /// Connections the daemon's pool may open (must leave room for tools).
@@ -276,6 +324,13 @@ impl Default for ServerConfig {
                 std::net::IpAddr::from([127, 0, 0, 1]),
                 std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
             ],
+            tls: TlsMode::Files,
+            tls_cert: None,
+            tls_key: None,
+            redirect_http: None,
+            cors_origins: Vec::new(),
+            max_body: ByteSize::mib(1),
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -305,12 +360,107 @@ impl Default for DatabaseConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
+            memory: ByteSize::gib(1),
+            cpu: 0.0,
             postgres_memory: ByteSize::mib(512),
+            postgres_cpu: 0.0,
+            core_dumps: false,
             max_connections: 40,
             pool_size: 16,
             disk_reserve: ByteSize::mib(512),
         }
     }
+}
+
+/// What one PostgreSQL connection costs at rest (its process, catalog
+/// caches), for checking that a budget holds its `max_connections`.
+pub const CONNECTION_MEMORY: ByteSize = ByteSize::mib(2);
+/// What the daemon needs of `limits.memory` beside PostgreSQL's share.
+pub const DAEMON_MEMORY: ByteSize = ByteSize::mib(64);
+
+impl LimitsConfig {
+    /// The budget's own consistency: shares within the whole, and
+    /// PostgreSQL's share large enough for its shared_buffers (derived, or
+    /// set in `[database.settings]`) and its connections.
+    fn problems(&self, settings: &BTreeMap<String, String>) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.postgres_memory.as_u64() + DAEMON_MEMORY.as_u64() > self.memory.as_u64() {
+            out.push((
+                "limits.postgres_memory",
+                format!(
+                    "{} does not fit in limits.memory ({}) with the {} the daemon needs; raise limits.memory or lower this share",
+                    self.postgres_memory, self.memory, DAEMON_MEMORY
+                ),
+            ));
+        }
+        let connections = CONNECTION_MEMORY.as_u64() * u64::from(self.max_connections);
+        let (shared_buffers, origin) = if let Some(value) = settings.get("shared_buffers") {
+            let Some(bytes) = pg_memory(value, 8 * 1024) else {
+                out.push((
+                    "database.settings",
+                    format!("shared_buffers = {value:?} is not a PostgreSQL memory size (e.g. \"128MB\")"),
+                ));
+                return out;
+            };
+            (bytes, "set in database.settings")
+        } else {
+            (self.postgres_memory.as_u64() / 4, "derived")
+        };
+        if shared_buffers + connections > self.postgres_memory.as_u64() {
+            out.push((
+                "limits.postgres_memory",
+                format!(
+                    "{} cannot hold shared_buffers ({}, {origin}) plus {} connections at ~{} each; raise it, or lower shared_buffers or limits.max_connections",
+                    self.postgres_memory,
+                    ByteSize(shared_buffers),
+                    self.max_connections,
+                    CONNECTION_MEMORY
+                ),
+            ));
+        }
+        for (key, cores) in [
+            ("limits.cpu", self.cpu),
+            ("limits.postgres_cpu", self.postgres_cpu),
+        ] {
+            if !(cores == 0.0 || (0.01..=1024.0).contains(&cores)) {
+                out.push((
+                    key,
+                    format!("{cores} must be 0 (no limit) or between 0.01 and 1024 cores"),
+                ));
+            }
+        }
+        if self.cpu > 0.0 && self.postgres_cpu > self.cpu {
+            out.push((
+                "limits.postgres_cpu",
+                format!(
+                    "{} cores is more than limits.cpu ({})",
+                    self.postgres_cpu, self.cpu
+                ),
+            ));
+        }
+        out
+    }
+}
+
+/// A PostgreSQL memory setting in bytes: `128MB`, `1GB`, `512kB`, or a bare
+/// number of `unit`-byte units (8 kB pages for shared_buffers).
+fn pg_memory(value: &str, unit: u64) -> Option<u64> {
+    let value = value.trim().trim_matches('\'');
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, suffix) = value.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let scale = match suffix.trim() {
+        "" => unit,
+        "B" => 1,
+        "kB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        "TB" => 1 << 40,
+        _ => return None,
+    };
+    number.checked_mul(scale)
 }
 
 impl Default for LogConfig {
@@ -539,6 +689,21 @@ impl Config {
         if self.server.listen.is_empty() {
             out.push(("server.listen", "needs at least one address".into()));
         }
+        out.extend(self.server.tls_problems());
+        for origin in &self.server.cors_origins {
+            if let Err(why) = check_origin(origin) {
+                out.push((
+                    "server.cors_origins",
+                    format!("{origin:?} is not an origin: {why}"),
+                ));
+            }
+        }
+        if self.server.max_body < ByteSize::kib(1) {
+            out.push(("server.max_body", "must be at least 1 KiB".into()));
+        }
+        if self.server.header_read_timeout < Duration::from_secs(1) {
+            out.push(("server.header_read_timeout", "must be at least 1s".into()));
+        }
         if self.limits.postgres_memory < ByteSize::mib(64) {
             out.push((
                 "limits.postgres_memory",
@@ -548,6 +713,7 @@ impl Config {
                 ),
             ));
         }
+        out.extend(self.limits.problems(&self.database.settings));
         if self.limits.max_connections < 5 {
             out.push(("limits.max_connections", "must be at least 5".into()));
         }
@@ -712,6 +878,61 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+impl ServerConfig {
+    fn tls_problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                out.push(("server.tls_key", "must be set with server.tls_cert".into()));
+            }
+            (None, Some(_)) => {
+                out.push(("server.tls_cert", "must be set with server.tls_key".into()));
+            }
+            _ => {}
+        }
+        for (key, path) in [
+            ("server.tls_cert", &self.tls_cert),
+            ("server.tls_key", &self.tls_key),
+        ] {
+            if path.as_ref().is_some_and(|p| !p.is_absolute()) {
+                out.push((key, "must be an absolute path".into()));
+            }
+        }
+        if self.tls == TlsMode::SelfSigned && self.tls_cert.is_some() {
+            out.push((
+                "server.tls",
+                "\"self-signed\" generates its own certificate; remove server.tls_cert/tls_key or set tls = \"files\"".into(),
+            ));
+        }
+        if self.redirect_http.is_some() && !self.tls_enabled() {
+            out.push((
+                "server.redirect_http",
+                "redirects to HTTPS, so it needs TLS (server.tls_cert/tls_key or tls = \"self-signed\")".into(),
+            ));
+        }
+        out
+    }
+}
+
+/// Checks that `origin` is what browsers send in `Origin`: a scheme, a host
+/// and maybe a port, nothing else (no path, no trailing slash, no wildcard).
+fn check_origin(origin: &str) -> Result<(), &'static str> {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or("must start with https:// or http://")?;
+    if rest.is_empty() {
+        return Err("has no host");
+    }
+    if rest.contains(['/', '*', '?', '#', '@', ' ']) {
+        return Err("must be scheme://host[:port] only (no path, wildcard or trailing slash)");
+    }
+    if rest.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err("must be lower-case, as browsers send it");
+    }
+    Ok(())
+}
+
 /// `PAGODIRECTO_<SECTION>__<KEY>` variables as a figment provider.
 ///
 /// figment's own `Env` reads the live process environment; this one reads a
@@ -866,7 +1087,16 @@ mod tests {
     fn the_packaged_config_file_is_valid_and_documents_the_defaults() {
         let config =
             Config::from_toml(include_str!("../packaging/pagodirecto.toml")).expect("valid");
-        assert_eq!(config, Config::default());
+        // Set, not commented: the service's locations (see the file's header).
+        let expected = Config {
+            data_dir: "/var/lib/pagodirecto".into(),
+            logging: LogConfig {
+                directory: Some("/var/log/pagodirecto".into()),
+                ..LogConfig::default()
+            },
+            ..Config::default()
+        };
+        assert_eq!(config, expected);
     }
 
     #[test]
@@ -919,9 +1149,88 @@ mod tests {
         );
     }
     #[test]
+    fn tls_cors_and_limits_are_checked() {
+        check_invalid(
+            "[server]\ntls_cert = \"/etc/c.pem\"",
+            "server.tls_key: must be set with server.tls_cert",
+        );
+        check_invalid(
+            "[server]\ntls_cert = \"c.pem\"\ntls_key = \"/k.pem\"",
+            "server.tls_cert: must be an absolute path",
+        );
+        check_invalid(
+            "[server]\ntls = \"self-signed\"\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"",
+            "server.tls: \"self-signed\" generates its own",
+        );
+        check_invalid("[server]\ntls = \"yes\"", "server.tls");
+        check_invalid(
+            "[server]\nredirect_http = \"0.0.0.0:80\"",
+            "server.redirect_http: redirects to HTTPS, so it needs TLS",
+        );
+        check_invalid(
+            "[server]\ncors_origins = [\"https://crm.example.com/\"]",
+            "server.cors_origins: \"https://crm.example.com/\" is not an origin",
+        );
+        check_invalid(
+            "[server]\ncors_origins = [\"crm.example.com\"]",
+            "must start with https://",
+        );
+        check_invalid("[server]\nmax_body = \"10B\"", "server.max_body");
+        check_invalid(
+            "[server]\nheader_read_timeout = \"0s\"",
+            "server.header_read_timeout",
+        );
+        let config = Config::from_toml(
+            "[server]\ntls = \"self-signed\"\nredirect_http = \"127.0.0.1:8081\"\ncors_origins = [\"https://crm.example.com:8443\"]\nmax_body = \"4MiB\"",
+        )
+        .expect("valid");
+        assert!(config.server.tls_enabled());
+        assert_eq!(config.server.max_body, ByteSize::mib(4));
+    }
+
+    #[test]
+    fn the_budget_must_add_up() {
+        check_invalid(
+            "[limits]\nmemory = \"512MiB\"",
+            "limits.postgres_memory: 512.0 MiB does not fit in limits.memory (512.0 MiB) with the 64.0 MiB the daemon needs",
+        );
+        check_invalid(
+            "[database.settings]\nshared_buffers = \"1GB\"",
+            "limits.postgres_memory: 512.0 MiB cannot hold shared_buffers (1.0 GiB, set in database.settings) plus 40 connections",
+        );
+        check_invalid(
+            "[limits]\npostgres_memory = \"96MiB\"\nmax_connections = 100\npool_size = 10",
+            "limits.postgres_memory: 96.0 MiB cannot hold shared_buffers (24.0 MiB, derived) plus 100 connections",
+        );
+        check_invalid(
+            "[database.settings]\nshared_buffers = \"lots\"",
+            "database.settings: shared_buffers = \"lots\" is not a PostgreSQL memory size",
+        );
+        check_invalid(
+            "[limits]\ncpu = 1\npostgres_cpu = 2",
+            "limits.postgres_cpu: 2 cores is more than limits.cpu (1)",
+        );
+        check_invalid("[limits]\ncpu = -1", "limits.cpu: -1 must be 0 (no limit)");
+        let config = Config::from_toml(
+            "[limits]\nmemory = \"4GiB\"\npostgres_memory = \"3GiB\"\ncpu = 2\npostgres_cpu = 1.5\n[database.settings]\nshared_buffers = \"131072\"",
+        )
+        .expect("a budget that adds up");
+        assert!((config.limits.postgres_cpu - 1.5).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn postgres_memory_settings_parse_with_their_units() {
+        assert_eq!(pg_memory("128MB", 8192), Some(128 << 20));
+        assert_eq!(pg_memory("'1GB'", 8192), Some(1 << 30));
+        assert_eq!(pg_memory("16384", 8192), Some(128 << 20));
+        assert_eq!(pg_memory("1 GB", 8192), Some(1 << 30));
+        assert_eq!(pg_memory("1gb", 8192), None);
+    }
+
+    #[test]
     fn sizes_and_durations_parse_from_human_units() {
         let config = Config::from_toml(
-            "[limits]\npostgres_memory = \"1GiB\"\n[server]\ndrain_timeout = \"30s\"",
+            "[limits]\nmemory = \"2GiB\"\npostgres_memory = \"1GiB\"\n[server]\ndrain_timeout = \"30s\"",
         )
         .expect("valid");
         assert_eq!(config.limits.postgres_memory, ByteSize::gib(1));

@@ -63,6 +63,9 @@ pub struct StatusReport {
     pub backups: BackupReport,
     /// The latest resource sample (absent until the first one, ~5 s after start).
     pub resources: Option<ResourceReport>,
+    /// The budget from `[limits]` and what enforces it.
+    pub limits: LimitsReport,
+    pub cgroup: CgroupReport,
     /// When the configuration was last (re)loaded.
     pub config_loaded_at: String,
     /// Changed keys that take effect only after a restart.
@@ -81,6 +84,39 @@ pub struct ResourceReport {
     pub postgres_memory_budget_bytes: u64,
     pub data_free_bytes: u64,
     pub disk_reserve_bytes: u64,
+}
+
+/// `[limits]` as the daemon applies it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LimitsReport {
+    pub memory_bytes: u64,
+    /// Cores; 0 = no limit.
+    pub cpu_cores: f64,
+    pub postgres_memory_bytes: u64,
+    pub postgres_cpu_cores: f64,
+    pub max_connections: u32,
+    pub pool_size: u32,
+    pub max_concurrent_requests: usize,
+    pub disk_reserve_bytes: u64,
+    pub core_dumps: bool,
+    /// The daemon's open-files limit (raised to the hard limit at start).
+    pub open_files: Option<u64>,
+}
+
+/// Where PostgreSQL's cgroup is and what it has used.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CgroupReport {
+    /// `v2`, `v1` or `none`.
+    pub mode: String,
+    /// Where the limits are applied, or why they are not.
+    pub note: String,
+    pub postgres_dir: Option<PathBuf>,
+    pub postgres_memory_bytes: Option<u64>,
+    pub postgres_memory_limit_bytes: Option<u64>,
+    /// The highest memory use seen in PostgreSQL's group.
+    pub postgres_memory_peak_bytes: Option<u64>,
+    /// Postgres processes the kernel killed for crossing the memory limit.
+    pub postgres_oom_kills: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -17,7 +17,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result};
-use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -26,10 +25,11 @@ use tracing::{info, warn};
 use crate::auth::{self, SigningKeys};
 use crate::backup::schedule::Schedule;
 use crate::backup::{Backups, Store, pipeline};
+use crate::cgroup::{self, Cgroups};
 use crate::config::{Config, Loaded};
 use crate::control::{
-    self, BackupReport, CheckReport, ExternalReport, PostgresReport, Request, ResourceReport,
-    StatusReport,
+    self, BackupReport, CgroupReport, CheckReport, ExternalReport, LimitsReport, PostgresReport,
+    Request, ResourceReport, StatusReport,
 };
 use crate::database::{self, Access};
 use crate::health::Health;
@@ -37,7 +37,7 @@ use crate::lock::DataDirLock;
 use crate::paths::Paths;
 use crate::postgres::{self, Cluster, State};
 use crate::secrets::SecretFile;
-use crate::{crm, demo, fsutil, http, logging, migrate, systemd, telemetry};
+use crate::{crm, demo, fsutil, http, logging, migrate, supervisor, systemd, telemetry};
 
 /// Where the application role's password is kept, under `Paths::secrets_dir`.
 pub const APP_SECRET: &str = "postgres-app.password";
@@ -56,6 +56,8 @@ enum Event {
     /// Time to tell systemd's watchdog the event loop and supervision live.
     Watchdog,
     Reload,
+    /// The TLS certificate or key file changed on disk.
+    CertificatesChanged,
 }
 
 /// How this start differs from a plain one (flags of `pagodirecto run`),
@@ -79,14 +81,19 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
     info!(version = env!("CARGO_PKG_VERSION"), config = %source, data_dir = %paths.data_dir().display(), "starting");
 
     let mut signals = Signals::new()?;
+    http::tls::install_provider();
+    let open_files = own_rlimits(config.limits.core_dumps);
     let assets = web_assets(options.dev_assets)?;
     fsutil::ensure_dir(paths.data_dir(), 0o700)
         .with_context(|| format!("creating the data dir {}", paths.data_dir().display()))?;
     let _lock = DataDirLock::acquire(&paths.lock_file(), paths.data_dir())?;
     clear_runtime_files(&paths);
+    // Declared before postgres starts, so it is dropped (its groups removed)
+    // only after postgres has stopped.
+    let cgroups = Arc::new(setup_cgroups(&config, &paths));
 
     let stop_postgres = CancellationToken::new();
-    let (access, mut server) = open_database(&config, &paths, &stop_postgres).await?;
+    let (access, mut server) = open_database(&config, &paths, &stop_postgres, &cgroups).await?;
     let pg_status = server.as_ref().map_or_else(
         || watch::channel(external_status()).1,
         postgres::Server::status,
@@ -101,9 +108,17 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
                 }
             }
         }
-        start_serving(&config, &paths, &access, pg_status, options.demo, assets)
-            .await
-            .map(Some)
+        start_serving(
+            &config,
+            &paths,
+            &access,
+            pg_status,
+            options.demo,
+            assets,
+            &cgroups,
+        )
+        .await
+        .map(Some)
     };
     let mut serving = match starting.await {
         Ok(Some(serving)) => serving,
@@ -124,12 +139,8 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
             };
         }
     };
-    info!(elapsed = ?started.elapsed(), urls = ?serving.bound.iter().map(|a| format!("http://{a}")).collect::<Vec<_>>(), "ready");
-    let urls: Vec<String> = serving
-        .bound
-        .iter()
-        .map(|a| format!("http://{a}"))
-        .collect();
+    let urls = serving.urls();
+    info!(elapsed = ?started.elapsed(), ?urls, "ready");
     systemd::ready(&format!("serving on {}", urls.join(", ")));
 
     let context = StatusContext {
@@ -143,6 +154,8 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
         samples: serving.samples.clone(),
         bound: serving.bound.clone(),
         started,
+        cgroups: cgroups.clone(),
+        open_files,
     };
     let mut reloader = Reloader::new(loaded, options.log_level.clone());
     let outcome = event_loop(
@@ -175,6 +188,7 @@ async fn open_database(
     config: &Config,
     paths: &Paths,
     stop_postgres: &CancellationToken,
+    cgroups: &Cgroups,
 ) -> Result<(Access, Option<postgres::Server>)> {
     if let Some(url) = &config.database.url {
         return Ok((external_database(config, paths, url).await?, None));
@@ -187,7 +201,13 @@ async fn open_database(
         .await
         .context("preparing the PostgreSQL cluster")?;
     systemd::status("starting postgres");
-    let server = cluster.start(stop_postgres.clone());
+    let server = cluster.start(
+        stop_postgres.clone(),
+        supervisor::Limits {
+            cgroup_procs: cgroups.postgres_procs(),
+            core_dumps: config.limits.core_dumps,
+        },
+    );
     Ok((Access::Embedded(cluster), Some(server)))
 }
 
@@ -209,6 +229,11 @@ struct Serving {
     /// What the liveness monitor last saw of an external server.
     external: Option<database::monitor::Stats>,
     bound: Vec<SocketAddr>,
+    /// The certificate new TLS handshakes get; `None` without TLS.
+    certs: Option<Arc<http::tls::Certificates>>,
+    /// Says when the certificate files changed; replaced with the files.
+    cert_changed: mpsc::Receiver<()>,
+    cert_watcher: Option<notify::RecommendedWatcher>,
     control: mpsc::Receiver<control::Pending>,
     stop_http: CancellationToken,
     http: tokio::task::JoinHandle<()>,
@@ -226,6 +251,7 @@ async fn start_serving(
     pg_status: watch::Receiver<postgres::Status>,
     demo: bool,
     assets: http::assets::Assets,
+    cgroups: &Arc<Cgroups>,
 ) -> Result<Serving> {
     let owner = owner(access);
     let app_password = SecretFile::new(&paths.secrets_dir(), APP_SECRET).load_or_create(owner)?;
@@ -291,7 +317,12 @@ async fn start_serving(
         }
     }
 
-    let listeners = bind(&config.server.listen).await?;
+    let certs = certificates(&config.server, paths)?;
+    let listeners = bind(&config.server.listen, "server.listen")?;
+    let redirect = match config.server.redirect_http {
+        Some(addr) => bind(&[addr], "server.redirect_http")?,
+        None => Vec::new(),
+    };
     let bound: Vec<SocketAddr> = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
@@ -328,6 +359,7 @@ async fn start_serving(
         &backups,
         pg_status.clone(),
         external.clone(),
+        cgroups,
     );
     spawn_sampler(&samples, paths, pg_status, stop_http.clone());
     let router = http::router_with_assets(
@@ -340,12 +372,33 @@ async fn start_serving(
         assets,
     );
     edge.forget_idle_clients_until(stop_http.clone());
-    let http = tokio::spawn(http::serve(
-        listeners,
-        router,
+    let acceptor = certs.clone().map(http::tls::acceptor);
+    let mut served: Vec<http::server::Listener> = listeners
+        .into_iter()
+        .map(|socket| http::server::Listener {
+            socket,
+            app: router.clone(),
+            tls: acceptor.clone(),
+        })
+        .collect();
+    let https_port = bound.first().map_or(443, SocketAddr::port);
+    served.extend(redirect.into_iter().map(|socket| {
+        if let Ok(addr) = socket.local_addr() {
+            info!(%addr, https_port, "redirecting plain HTTP to HTTPS");
+        }
+        http::server::Listener {
+            socket,
+            app: http::server::redirect_to_https(https_port),
+            tls: None,
+        }
+    }));
+    let http = tokio::spawn(http::server::serve(
+        served,
+        config.server.header_read_timeout,
         stop_http.clone(),
         config.server.drain_timeout,
     ));
+    let (cert_changed, cert_watcher) = watch_certificates(certs.as_deref());
     Ok(Serving {
         api: api.clone(),
         secrets_dir: paths.secrets_dir(),
@@ -361,12 +414,58 @@ async fn start_serving(
         leader,
         external,
         bound,
+        certs,
+        cert_changed,
+        cert_watcher,
         control,
         stop_http,
         http,
         stop_control,
         stop_database,
     })
+}
+
+/// The TLS certificate `[server]` asks for, loaded (and generated first for
+/// `tls = "self-signed"`); `None` for plain HTTP.
+fn certificates(
+    server: &crate::config::ServerConfig,
+    paths: &Paths,
+) -> Result<Option<Arc<http::tls::Certificates>>> {
+    let (cert, key) = match (&server.tls, &server.tls_cert, &server.tls_key) {
+        (crate::config::TlsMode::SelfSigned, _, _) => {
+            let (cert, key) = (paths.self_signed_cert(), paths.self_signed_key());
+            if http::tls::ensure_self_signed(&cert, &key)? {
+                info!(cert = %cert.display(), "generated a self-signed TLS certificate (tls = \"self-signed\"); browsers will ask to trust it");
+            }
+            (cert, key)
+        }
+        (_, Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        _ => return Ok(None),
+    };
+    let certs = http::tls::Certificates::load(&cert, &key)
+        .context("loading the TLS certificate (server.tls_cert / server.tls_key)")?;
+    info!(cert = %cert.display(), sha256 = %certs.fingerprint(), "TLS on: HTTP/2 and HTTP/1.1");
+    Ok(Some(certs))
+}
+
+/// Watches the certificate's files (their directories: certbot and
+/// editors replace files by rename); `()` arrives after each change.
+fn watch_certificates(
+    certs: Option<&http::tls::Certificates>,
+) -> (mpsc::Receiver<()>, Option<notify::RecommendedWatcher>) {
+    let (tx, rx) = mpsc::channel(1);
+    let Some(certs) = certs else {
+        std::mem::forget(tx); // never yields, never closes
+        return (rx, None);
+    };
+    let (cert, key) = certs.files();
+    match crate::config::watch::watch_all(&[cert.as_path(), key.as_path()], tx) {
+        Ok(watcher) => (rx, Some(watcher)),
+        Err(err) => {
+            warn!(cert = %cert.display(), %err, "cannot watch the TLS files; a changed certificate needs a restart");
+            (rx, None)
+        }
+    }
 }
 
 /// The web app's files: embedded, or `--dev-assets DIR`, which must hold a
@@ -386,6 +485,19 @@ fn web_assets(dev: Option<PathBuf>) -> Result<http::assets::Assets> {
 }
 
 impl Serving {
+    /// Where clients reach the server, as URLs.
+    fn urls(&self) -> Vec<String> {
+        let scheme = if self.certs.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        self.bound
+            .iter()
+            .map(|a| format!("{scheme}://{a}"))
+            .collect()
+    }
+
     /// Replaces the backup and drill tickers after a config reload.
     fn restart_schedules(&mut self, config: &Config) {
         self.stop_schedules.cancel();
@@ -422,6 +534,38 @@ impl Serving {
     }
 }
 
+/// The daemon's own rlimits, inherited by everything it starts: open files
+/// up to the hard limit (returned), and no core dumps unless allowed.
+fn own_rlimits(core_dumps: bool) -> Option<u64> {
+    if !core_dumps {
+        supervisor::forbid_own_core_dumps();
+    }
+    supervisor::raise_own_nofile()
+}
+
+/// The appliance's cgroups for this data dir, or none, said once in the log.
+fn setup_cgroups(config: &Config, paths: &Paths) -> Cgroups {
+    let limits = &config.limits;
+    let cores = |c: f64| (c > 0.0).then_some(c);
+    let budget = cgroup::Budget {
+        memory: limits.memory.as_u64(),
+        cpu: cores(limits.cpu),
+        postgres_memory: limits.postgres_memory.as_u64(),
+        postgres_cpu: cores(limits.postgres_cpu),
+    };
+    let cgroups = Cgroups::setup(
+        &cgroup::Host::current(),
+        &cgroup::id_for(paths.data_dir()),
+        &budget,
+    );
+    if cgroups.mode() == cgroup::Mode::None {
+        warn!(note = cgroups.note(), "no cgroup for the resource limits");
+    } else {
+        info!(mode = %cgroups.mode(), note = cgroups.note(), memory = %limits.memory, postgres_memory = %limits.postgres_memory, "resource limits enforced by cgroups");
+    }
+    cgroups
+}
+
 /// Samples the daemon and its postgres tree (found through the supervisor's
 /// current postmaster pid) until `stop`.
 fn spawn_sampler(
@@ -453,9 +597,19 @@ fn metrics_endpoint(
     backups: &Arc<Backups>,
     pg_status: watch::Receiver<postgres::Status>,
     external: Option<database::monitor::Stats>,
+    cgroups: &Arc<Cgroups>,
 ) -> Arc<http::MetricsEndpoint> {
     let handle = telemetry::install();
-    let (health, backups) = (health.clone(), backups.clone());
+    let (health, backups, cgroups) = (health.clone(), backups.clone(), cgroups.clone());
+    telemetry::export_limits(&telemetry::Limits {
+        memory_bytes: config.limits.memory.as_u64(),
+        cpu_cores: config.limits.cpu,
+        postgres_memory_bytes: config.limits.postgres_memory.as_u64(),
+        postgres_cpu_cores: config.limits.postgres_cpu,
+        disk_reserve_bytes: config.limits.disk_reserve.as_u64(),
+        max_connections: config.limits.max_connections,
+        cgroup_mode: cgroups.mode().as_str(),
+    });
     let render = move || {
         let pg = pg_status.borrow().clone();
         let up = match &external {
@@ -463,7 +617,13 @@ fn metrics_endpoint(
             None => pg.state == State::Ready,
         };
         metrics::gauge!("pagodirecto_postgres_up").set(if up { 1.0 } else { 0.0 });
-        metrics::gauge!("pagodirecto_postgres_restarts_total").set(f64::from(pg.restarts));
+        metrics::counter!("pagodirecto_postgres_restarts_total").absolute(u64::from(pg.restarts));
+        if let Some(code) = pg.last_exit_code {
+            metrics::gauge!("pagodirecto_postgres_last_exit_code").set(f64::from(code));
+        }
+        if let Some(usage) = cgroups.postgres_usage() {
+            telemetry::export_cgroup(&usage);
+        }
         let history = backups.history();
         if let Some(last) = &history.last_success {
             #[allow(clippy::cast_precision_loss)] // sizes and durations far below 2^53
@@ -560,8 +720,10 @@ struct Reloader {
     log_level: Option<logging::Level>,
 }
 
-/// Keys whose new value takes effect without a restart.
-fn is_live(key: &str) -> bool {
+/// Keys whose new value takes effect without a restart. The certificate
+/// files can change live only when TLS is on already (`tls_on`); turning
+/// TLS on or off changes the listeners, which needs a restart.
+fn is_live(key: &str, tls_on: bool) -> bool {
     matches!(
         key,
         "logging.level"
@@ -571,7 +733,10 @@ fn is_live(key: &str) -> bool {
             | "server.auth_rate_limit_per_minute"
             | "server.trusted_proxies"
             | "server.metrics_allow"
-    ) || (key.starts_with("backup.") && key != "backup.directory")
+            | "server.cors_origins"
+            | "server.max_body"
+    ) || (tls_on && matches!(key, "server.tls_cert" | "server.tls_key"))
+        || (key.starts_with("backup.") && key != "backup.directory")
 }
 
 impl Reloader {
@@ -606,7 +771,8 @@ impl Reloader {
         };
         self.last_error = None;
         let changed = self.current.changed_keys(&new.config);
-        let live: Vec<&String> = changed.iter().filter(|k| is_live(k)).collect();
+        let tls_on = serving.certs.is_some() && new.config.server.tls_enabled();
+        let live: Vec<&String> = changed.iter().filter(|k| is_live(k, tls_on)).collect();
         if live.iter().any(|k| *k == "logging.level")
             && let Some(level) = &self.log_level
         {
@@ -625,6 +791,25 @@ impl Reloader {
             serving.backups.set_config(&new.config.backup);
             serving.restart_schedules(&new.config);
         }
+        if live.iter().any(|k| k.starts_with("server.tls_"))
+            && let (Some(certs), Some(cert), Some(key)) = (
+                &serving.certs,
+                &new.config.server.tls_cert,
+                &new.config.server.tls_key,
+            )
+        {
+            match certs.replace(cert, key) {
+                Ok(sha256) => {
+                    info!(cert = %cert.display(), %sha256, "TLS certificate files changed; new connections use them");
+                    (serving.cert_changed, serving.cert_watcher) = watch_certificates(Some(certs));
+                }
+                Err(err) => {
+                    let reason = format!("{:#}", anyhow::Error::from(err));
+                    warn!(error = %reason, "new TLS certificate refused; the one in use stays");
+                    self.last_error = Some(reason);
+                }
+            }
+        }
         let started = Loaded {
             config: self.started_with.clone(),
             source: new.source.clone(),
@@ -633,7 +818,7 @@ impl Reloader {
         self.restart_pending = started
             .changed_keys(&new.config)
             .into_iter()
-            .filter(|k| !is_live(k))
+            .filter(|k| !is_live(k, tls_on))
             .collect();
         self.current = new;
         self.loaded_at = SystemTime::now();
@@ -642,6 +827,7 @@ impl Reloader {
 }
 
 /// Waits for events and acts on them until one ends the daemon.
+#[allow(clippy::too_many_lines)] // one select and one match arm per Event
 async fn event_loop(
     signals: &mut Signals,
     server: &mut Option<postgres::Server>,
@@ -680,6 +866,7 @@ async fn event_loop(
             Some(()) = serving.backup_due.recv() => Event::BackupDue,
             Some(()) = serving.drill_due.recv() => Event::DrillDue,
             Some(()) = config_changed.recv() => Event::Reload,
+            Some(()) = serving.cert_changed.recv() => Event::CertificatesChanged,
             _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => Event::Watchdog,
         };
         match event {
@@ -748,6 +935,7 @@ async fn event_loop(
                 });
             }
             Event::Reload => reloader.reload(serving),
+            Event::CertificatesChanged => reload_certificates(serving.certs.as_deref()),
         }
     }
 }
@@ -769,6 +957,21 @@ async fn rotate_key(access: &Access, serving: &Serving) -> Result<serde_json::Va
         serde_json::json!({ "rotated": true })
     });
     answer.map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+}
+
+/// Re-reads the certificate files after they changed on disk. A broken
+/// replacement (or a key that does not match yet, halfway through a renewal)
+/// is refused with the file and the reason; the certificate in use stays.
+fn reload_certificates(certs: Option<&http::tls::Certificates>) {
+    let Some(certs) = certs else { return };
+    match certs.reload() {
+        Ok(sha256) => info!(%sha256, "TLS certificate reloaded; new connections use it"),
+        Err(err) => warn!(
+            error = %format!("{:#}", anyhow::Error::from(err)),
+            sha256 = %certs.fingerprint(),
+            "changed TLS certificate refused; the one in use stays"
+        ),
+    }
 }
 
 /// Answers a backup request from the control socket in the background:
@@ -935,6 +1138,7 @@ fn external_status() -> postgres::Status {
         pid: None,
         restarts: 0,
         last_exit: None,
+        last_exit_code: None,
         since: SystemTime::now(),
     }
 }
@@ -1044,15 +1248,17 @@ pub const FIRST_OWNER: &str = "owner@pagodirecto.local";
 /// Where the first owner's password goes when there is no terminal.
 pub const INITIAL_OWNER_FILE: &str = "initial-owner.txt";
 
-async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
-    let mut listeners = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        let listener = TcpListener::bind(addr).await.with_context(|| {
-            format!("cannot listen on {addr} (server.listen); is another server using it?")
-        })?;
-        listeners.push(listener);
-    }
-    Ok(listeners)
+/// Binds `addrs` (from config `key`). `std` listeners: the accept loop takes
+/// sockets bound by anyone, so handing sockets over later changes only this.
+fn bind(addrs: &[SocketAddr], key: &str) -> Result<Vec<std::net::TcpListener>> {
+    addrs
+        .iter()
+        .map(|addr| {
+            std::net::TcpListener::bind(addr).with_context(|| {
+                format!("cannot listen on {addr} ({key}); is another server using it?")
+            })
+        })
+        .collect()
 }
 
 /// Removes the socket and address files a killed daemon may have left, so
@@ -1064,6 +1270,8 @@ fn clear_runtime_files(paths: &Paths) {
 }
 
 struct StatusContext<'a> {
+    cgroups: Arc<Cgroups>,
+    open_files: Option<u64>,
     config: &'a Config,
     source: String,
     access: &'a Access,
@@ -1115,6 +1323,40 @@ impl StatusContext<'_> {
                 data_free_bytes: s.data_free_bytes,
                 disk_reserve_bytes: self.config.limits.disk_reserve.as_u64(),
             }),
+            limits: self.limits_report(),
+            cgroup: self.cgroup_report(),
+        }
+    }
+
+    fn limits_report(&self) -> LimitsReport {
+        let limits = &self.config.limits;
+        LimitsReport {
+            memory_bytes: limits.memory.as_u64(),
+            cpu_cores: limits.cpu,
+            postgres_memory_bytes: limits.postgres_memory.as_u64(),
+            postgres_cpu_cores: limits.postgres_cpu,
+            max_connections: limits.max_connections,
+            pool_size: limits.pool_size,
+            max_concurrent_requests: self.config.server.max_concurrent_requests,
+            disk_reserve_bytes: limits.disk_reserve.as_u64(),
+            core_dumps: limits.core_dumps,
+            open_files: self.open_files,
+        }
+    }
+
+    fn cgroup_report(&self) -> CgroupReport {
+        let usage = self.cgroups.postgres_usage();
+        CgroupReport {
+            mode: self.cgroups.mode().as_str().to_string(),
+            note: self.cgroups.note().to_string(),
+            postgres_dir: self
+                .cgroups
+                .postgres_dir()
+                .map(std::path::Path::to_path_buf),
+            postgres_memory_bytes: usage.map(|u| u.memory_bytes),
+            postgres_memory_limit_bytes: usage.map(|u| u.memory_limit_bytes),
+            postgres_memory_peak_bytes: usage.map(|u| u.memory_peak_bytes),
+            postgres_oom_kills: usage.map(|u| u.oom_kills),
         }
     }
 

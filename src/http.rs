@@ -1,5 +1,6 @@
 //! The HTTP server: one [`router`] that tests drive without a socket, and
-//! [`serve`], which runs it on the daemon's listeners until shutdown.
+//! [`server::serve`], which runs it on the daemon's listeners (plain or
+//! [`tls`]) until shutdown.
 //!
 //! Called by `daemon`. The only module that turns our types into HTTP
 //! responses (see `http/health.rs` for the readiness JSON).
@@ -9,21 +10,18 @@
 
 pub mod api;
 pub mod edge;
+pub mod server;
+pub mod tls;
 pub mod assets;
 pub mod error;
 mod health;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::routing::get;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 use utoipa::OpenApi as _;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
@@ -32,9 +30,6 @@ use utoipa_axum::routes;
 use crate::auth::SigningKeys;
 use crate::config::AuthConfig;
 use crate::health::Health;
-
-/// The largest request body the API accepts.
-pub const BODY_LIMIT: usize = 1024 * 1024;
 
 /// What handlers can reach. Cheap to clone.
 #[derive(Clone)]
@@ -158,12 +153,9 @@ pub fn router(state: AppState) -> Router {
 pub fn router_with_assets(state: AppState, assets: assets::Assets) -> Router {
     let (api, openapi) = api();
     let openapi = Arc::new(openapi);
-    Router::new()
-        .route("/health", get(health::live))
-        .route("/ready", get(health::ready))
-        .route("/actuator/health", get(health::ready))
-        .route("/metrics", get(metrics))
-        .route("/actuator/prometheus", get(metrics))
+    // JSON is compressed per response (br, gzip or zstd, by Accept-Encoding);
+    // the web app is not: its files are compressed at build time.
+    let json = api
         .route(
             "/openapi.json",
             get(move || {
@@ -171,14 +163,22 @@ pub fn router_with_assets(state: AppState, assets: assets::Assets) -> Router {
                 async move { axum::Json(doc.as_ref().clone()) }
             }),
         )
-        .merge(api)
+        .layer(tower_http::compression::CompressionLayer::new());
+    Router::new()
+        .route("/health", get(health::live))
+        .route("/ready", get(health::ready))
+        .route("/actuator/health", get(health::ready))
+        .route("/metrics", get(metrics))
+        .route("/actuator/prometheus", get(metrics))
+        .merge(json)
         // Everything else is the web app; `assets::serve` keeps the API's
         // problem+json 404 for unknown paths under the daemon's own prefixes.
         .fallback(move |method: Method, uri: Uri, headers: HeaderMap| {
             let assets = assets.clone();
             async move { assets::serve(&assets, &method, &uri, &headers).await }
         })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // The edge limits bodies (`[server] max_body`, changeable live).
+        .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
             state.edge.clone(),
             edge::edge,
@@ -186,48 +186,11 @@ pub fn router_with_assets(state: AppState, assets: assets::Assets) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on every listener until `shutdown` fires, then drains
-/// in-flight requests for at most `drain`.
-pub async fn serve(
-    listeners: Vec<TcpListener>,
-    router: Router,
-    shutdown: CancellationToken,
-    drain: Duration,
-) {
-    let mut servers = tokio::task::JoinSet::new();
-    for listener in listeners {
-        let app = router.clone();
-        let stop = shutdown.clone();
-        servers.spawn(async move {
-            let addr = listener.local_addr().ok();
-            let service = app.into_make_service_with_connect_info::<SocketAddr>();
-            let result = axum::serve(listener, service)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(err) = result {
-                warn!(?addr, %err, "HTTP listener failed");
-            }
-        });
-    }
-    shutdown.cancelled().await;
-    let drained = tokio::time::timeout(drain, async {
-        while servers.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        warn!(
-            ?drain,
-            "in-flight requests did not finish in time; closing them"
-        );
-        servers.abort_all();
-    } else {
-        info!("HTTP drained");
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use std::sync::Arc;
+
+    use std::time::Duration;
 
     use axum::body::Body;
     use axum::http::Request;

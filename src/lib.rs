@@ -7,19 +7,22 @@
 //! ## Bird's-eye view
 //!
 //! ```text
-//! pagodirecto run
-//!  ├─ supervisor ── postgres (child, own process group, unprivileged user)
-//!  ├─ HTTP server: edge (request ids, headers, rate limits, shedding) →
+//! pagodirecto run                    (cgroup pagodirecto-<id>/daemon: [limits] memory, cpu)
+//!  ├─ supervisor ── postgres (child, own process group, unprivileged user,
+//!  │                 cgroup …/postgres: postgres_memory/cpu, rlimits)
+//!  ├─ HTTP server: accept loop (TLS, h2/http1.1) → edge (request ids, headers,
+//!  │               CORS, rate limits, body limit, shedding) →
 //!  │               /api/v1/* (JWT, roles, RLS-isolated tenants), /openapi.json,
 //!  │               /health /ready /metrics, the web app (embedded SPA)
 //!  ├─ control socket (unix, 0600): the CLI talks to the running daemon
 //!  ├─ schedules: backups (cron) with retention, restore drills
-//!  └─ watchers: config file (+ SIGHUP), resource sampler, systemd watchdog
+//!  └─ watchers: config file (+ SIGHUP), TLS certificate files, resource
+//!               sampler, systemd watchdog
 //! ```
 //!
-//! Start: config → logging → lock the data dir → find (or download)
-//! PostgreSQL binaries → initdb on first start → start postgres as a child and
-//! wait until it accepts connections → create the database and migrate (under
+//! Start: config → logging → lock the data dir → cgroups (when the host
+//! allows) → find (or download) PostgreSQL binaries → initdb on first start →
+//! start postgres as a child and wait until it accepts connections → create the database and migrate (under
 //! an advisory lock) → first owner (and `--demo` data) → open the pool →
 //! bind listeners → READY=1 → serve. Stop (SIGTERM/SIGINT): stop accepting,
 //! drain, abort a running backup, stop postgres, exit 0.
@@ -27,14 +30,19 @@
 //! ## Code map (calls go down, events go up)
 //!
 //! - `main.rs`: parses the command line, maps the outcome to an exit code.
-//! - [`cli`]: one module per subcommand; builds the runtime.
+//! - [`cli`]: one module per subcommand; builds the runtime. `cli::doctor`
+//!   checks the host and config read-only, with a fix for each problem.
 //! - [`config`]: the TOML file + `PAGODIRECTO_*` environment + flags, validated
 //!   in the only constructor, `Config::load`; `config::watch` notices edits.
 //! - [`paths`]: every on-disk location, derived from the data dir.
 //! - [`daemon`]: the composition root and event loop; the only module that
 //!   knows every other one.
 //! - [`supervisor`]: generic child supervision (restart, backoff, crash loop,
-//!   stop ladder).
+//!   stop ladder), and the limits a child takes on before exec (its
+//!   cgroup, rlimits).
+//! - [`cgroup`]: the appliance's cgroups (v2 delegated, v1, or none with the
+//!   reason): the tree, its memory/CPU limits, PostgreSQL's usage and OOM
+//!   kills.
 //! - [`postgres`]: the cluster (initdb, settings, account, binaries) and the
 //!   supervised server's state.
 //! - [`database`]: where the app's database is — the embedded cluster or an
@@ -58,12 +66,20 @@
 //! - [`http`]: the axum router and server; `http::api::*` one module per
 //!   resource, all through `http::api::Scoped` (the tenant-scoped
 //!   transaction) and `http::error::ApiError` (problem+json); `http::edge`
-//!   is the proxy layer; `http::assets` serves the web app (`assets/dist`,
-//!   embedded at compile time) as the fallback.
+//!   is the proxy layer; `http::server` the accept loop over already-bound
+//!   sockets (plain or TLS, header read timeout, drain); `http::tls` the
+//!   rustls setup and the reloadable certificate; `http::assets` serves the
+//!   web app (`assets/dist`, embedded at compile time) as the fallback.
 //! - [`control`]: the control socket protocol (server and client).
 //! - [`logging`]: tracing to stderr and daily files; reading them back.
 //! - [`systemd`]: READY/STATUS/STOPPING/WATCHDOG notifications (no-ops
-//!   outside systemd).
+//!   outside systemd), and the unit file (`systemd/pagodirecto.service`)
+//!   that the .deb ships and `pagodirecto service install` writes
+//!   (`cli::service`, with the user, directories and default config).
+//!
+//! Outside `src/`: `packaging/` (the default config, the sysusers.d entry,
+//! the .deb's maintainer scripts, `build-release.sh`; cargo-deb reads
+//! `[package.metadata.deb]` in Cargo.toml) and `systemd/` (the unit).
 //! - [`lock`], [`secrets`], [`fsutil`]: the data-dir lock, generated secrets,
 //!   atomic private files.
 //!
@@ -80,6 +96,9 @@
 //!   socket, and on TCP only when configured.
 //! - No postgres outlives its daemon: it is our foreground child with a
 //!   parent-death signal, and leftovers in our PGDATA are stopped before start.
+//! - Where the host allows a cgroup, postgres is in its own one from before
+//!   its first instruction (it joins between fork and exec), so its memory
+//!   limit counts everything it and its backends allocate.
 //! - One daemon per data directory (`flock`).
 //! - Only `daemon` wires subsystems; lower modules get a config section,
 //!   `Paths`, a cancellation token and channels, never the whole `Config`.
@@ -88,6 +107,9 @@
 //! - Tenant isolation is enforced by PostgreSQL (forced RLS, composite foreign
 //!   keys), not by handlers: the API's role owns nothing and sees no rows
 //!   until `iam.begin_request` scopes its transaction.
+//! - A TLS certificate is served only after it parsed and matched its key;
+//!   a refused replacement leaves the one in use, and a swap reaches new
+//!   handshakes only, never an open connection.
 //! - A backup is good only once its manifest exists, which is written after
 //!   the file is fsynced, renamed and verified.
 //! - A request path reaches the filesystem only in `--dev-assets` mode, and
@@ -99,6 +121,7 @@ pub mod config;
 pub mod paths;
 pub mod daemon;
 pub mod supervisor;
+pub mod cgroup;
 pub mod postgres;
 pub mod database;
 pub mod migrate;

@@ -44,10 +44,9 @@ pub enum Error {
     AlreadyInstalled,
 }
 
-/// Keeps the log writers flushing (until dropped, at exit) and lets the
-/// level change at run time.
+/// Keeps the file writer flushing and lets the level change at run time.
 pub struct Guard {
-    _writers: Vec<WorkerGuard>,
+    _file: Option<WorkerGuard>,
     filter: reload::Handle<EnvFilter, Registry>,
 }
 
@@ -84,17 +83,9 @@ pub fn init(cfg: &LogConfig, files: Option<&Path>) -> Result<Guard, Error> {
     let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let stderr_is_tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut layers: Vec<BoxedLayer> = Vec::new();
-    let mut guards = Vec::new();
-    if files.is_some() {
-        // The daemon: a line per request must not cost a write(2) on the
-        // request's thread; a logging thread writes batches instead.
-        let (writer, guard) = buffered(std::io::stderr());
-        layers.push(format_layer(cfg.format, writer, stderr_is_tty));
-        guards.push(guard);
-    } else {
-        layers.push(format_layer(cfg.format, std::io::stderr, stderr_is_tty));
-    }
+    let mut layers: Vec<BoxedLayer> =
+        vec![format_layer(cfg.format, std::io::stderr, stderr_is_tty)];
+    let mut guard = None;
     if let Some(dir) = files {
         std::fs::create_dir_all(dir).map_err(|source| Error::Dir {
             path: dir.to_path_buf(),
@@ -110,9 +101,12 @@ pub fn init(cfg: &LogConfig, files: Option<&Path>) -> Result<Guard, Error> {
                 path: dir.to_path_buf(),
                 source,
             })?;
-        let (writer, guard) = buffered(appender);
+        // Not lossy: a log line dropped under load is exactly the one needed later.
+        let (writer, file_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .finish(appender);
         layers.push(format_layer(cfg.format, writer, false));
-        guards.push(guard);
+        guard = Some(file_guard);
     }
     tracing_subscriber::registry()
         .with(filter)
@@ -120,21 +114,9 @@ pub fn init(cfg: &LogConfig, files: Option<&Path>) -> Result<Guard, Error> {
         .try_init()
         .map_err(|_| Error::AlreadyInstalled)?;
     Ok(Guard {
-        _writers: guards,
+        _file: guard,
         filter: handle,
     })
-}
-
-/// `out` behind a logging thread that writes whatever lines have queued up
-/// in one go and flushes when the queue is empty (so nothing waits in the
-/// buffer while the daemon is idle). Not lossy: a line dropped under load is
-/// exactly the one needed later; when the queue is full, loggers wait.
-fn buffered<W: io::Write + Send + 'static>(
-    out: W,
-) -> (tracing_appender::non_blocking::NonBlocking, WorkerGuard) {
-    tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(io::BufWriter::with_capacity(64 * 1024, out))
 }
 
 fn format_layer<W>(format: LogFormat, writer: W, ansi: bool) -> BoxedLayer

@@ -54,6 +54,19 @@ impl Paths {
         self.data_dir.join("secrets")
     }
 
+    /// The certificate `[server] tls = "self-signed"` generates once and
+    /// reuses (PEM; the directory is 0700).
+    #[must_use]
+    pub fn self_signed_cert(&self) -> PathBuf {
+        self.data_dir.join("tls").join("self-signed.crt")
+    }
+
+    /// The private key of [`Paths::self_signed_cert`] (PEM, 0600).
+    #[must_use]
+    pub fn self_signed_key(&self) -> PathBuf {
+        self.data_dir.join("tls").join("self-signed.key")
+    }
+
     /// The PostgreSQL cluster (`PGDATA`).
     #[must_use]
     pub fn pgdata(&self) -> PathBuf {
@@ -110,6 +123,8 @@ mod tests {
         for p in [
             paths.lock_file(),
             paths.secrets_dir(),
+            paths.self_signed_cert(),
+            paths.self_signed_key(),
             paths.pgdata(),
             paths.pg_installs(),
             paths.pg_socket_dir(),

@@ -356,7 +356,7 @@ impl Cluster {
         cmd
     }
 
-    fn spec(&self) -> Spec {
+    fn spec(&self, limits: supervisor::Limits) -> Spec {
         let cluster = self.clone();
         Spec {
             name: "postgres",
@@ -384,16 +384,18 @@ impl Cluster {
             // Immediate shutdown: the postmaster takes its backends down with it.
             parent_death_signal: Signal::SIGQUIT,
             policy: RestartPolicy::default(),
+            limits,
         }
     }
 
-    /// Starts postgres under supervision. It runs until `cancel` fires or it
-    /// crash-loops; [`Server`] reports its state meanwhile.
+    /// Starts postgres under supervision, within `limits` (its cgroup,
+    /// rlimits). It runs until `cancel` fires or it crash-loops; [`Server`]
+    /// reports its state meanwhile.
     #[must_use]
-    pub fn start(&self, cancel: CancellationToken) -> Server {
+    pub fn start(&self, cancel: CancellationToken, limits: supervisor::Limits) -> Server {
         let (status_tx, status_rx) = watch::channel(Status::new());
         let task = tokio::spawn(monitor(
-            self.spec(),
+            self.spec(limits),
             self.superuser_config("postgres"),
             self.start_timeout,
             status_tx,
@@ -445,6 +447,9 @@ pub struct Status {
     /// Unexpected exits since the daemon started.
     pub restarts: u32,
     pub last_exit: Option<String>,
+    /// The last unexpected exit as a shell would show it: the exit code,
+    /// or 128 + the signal that killed it.
+    pub last_exit_code: Option<i32>,
     pub since: SystemTime,
 }
 
@@ -455,6 +460,7 @@ impl Status {
             pid: None,
             restarts: 0,
             last_exit: None,
+            last_exit_code: None,
             since: SystemTime::now(),
         }
     }
@@ -558,6 +564,9 @@ fn apply_event(status: &watch::Sender<Status>, event: &ChildEvent, stopping: boo
                     s.state = State::Down;
                     s.restarts += 1;
                     s.last_exit = Some(exit.to_string());
+                    s.last_exit_code = exit.code().or_else(|| {
+                        std::os::unix::process::ExitStatusExt::signal(&exit).map(|n| 128 + n)
+                    });
                 }
             }
         }

@@ -14,6 +14,7 @@
 //!   service down at once.
 
 use std::io;
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -40,7 +41,23 @@ pub struct Spec {
     /// Sent to the child by the kernel if the thread that spawned it dies.
     pub parent_death_signal: Signal,
     pub policy: RestartPolicy,
+    pub limits: Limits,
 }
+
+/// Limits the child takes on between fork and exec, so they hold from its
+/// first instruction and for every process it forks.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// `cgroup.procs` files the child writes itself into (see `cgroup`).
+    pub cgroup_procs: Vec<PathBuf>,
+    /// Keep the inherited core-dump limit; otherwise `RLIMIT_CORE` is 0.
+    pub core_dumps: bool,
+}
+
+/// The open-files limit children get: PostgreSQL keeps up to
+/// `max_files_per_process` (1000) open per backend, and some programs walk
+/// every possible descriptor, so neither 1024 nor a million.
+pub const CHILD_NOFILE: u64 = 65_536;
 
 /// When a crash is "fast", how long to wait before restarting, and when to give up.
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +100,12 @@ pub enum ChildEvent {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("cannot open {path} to put the child in its cgroup")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("could not start {name}")]
     Spawn {
         name: &'static str,
@@ -179,6 +202,25 @@ fn spawn(spec: &mut Spec) -> Result<Child, Error> {
     let name = spec.name;
     let mut cmd = (spec.make_command)().map_err(|source| Error::Spawn { name, source })?;
     let death_signal = spec.parent_death_signal;
+    // Opened here, as the daemon (root may write any cgroup; the child, after
+    // its uid switch, may not open them), and written by the child: the
+    // kernel checks the opener's credentials, and "0" means "me".
+    let cgroups = spec
+        .limits
+        .cgroup_procs
+        .iter()
+        .map(|path| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|source| Error::Cgroup {
+                    path: path.clone(),
+                    source,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let core_dumps = spec.limits.core_dumps;
+    let nofile = child_nofile();
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -187,14 +229,23 @@ fn spawn(spec: &mut Spec) -> Result<Child, Error> {
     // switched uid/gid: the kernel clears the parent-death signal on a
     // credential change, so it must be set last.
     // SAFETY: the closure only calls async-signal-safe functions (prctl,
-    // setrlimit) and allocates nothing.
+    // setrlimit, write on descriptors opened before the fork) and allocates
+    // nothing.
     #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(move || {
+            use nix::sys::resource::{Resource, setrlimit};
+            for file in &cgroups {
+                io::Write::write_all(&mut &*file, b"0")?;
+            }
             nix::sys::prctl::set_pdeathsig(death_signal).map_err(io::Error::from)?;
-            // No core dumps: they would hold the database's memory on disk.
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)
-                .map_err(io::Error::from)?;
+            if !core_dumps {
+                // No core dumps: they would hold the database's memory on disk.
+                setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(io::Error::from)?;
+            }
+            if let Some((soft, hard)) = nofile {
+                setrlimit(Resource::RLIMIT_NOFILE, soft, hard).map_err(io::Error::from)?;
+            }
             Ok(())
         });
     }
@@ -208,6 +259,37 @@ fn spawn(spec: &mut Spec) -> Result<Child, Error> {
         tokio::spawn(forward_lines(err, spec.output));
     }
     Ok(child)
+}
+
+/// [`CHILD_NOFILE`] within our hard limit (soft, hard), or `None` when the
+/// limits cannot be read.
+fn child_nofile() -> Option<(u64, u64)> {
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok()?;
+    Some((CHILD_NOFILE.min(hard), hard))
+}
+
+/// Raises this process's open-files soft limit to its hard limit: every
+/// connection, pooled socket and log file is a descriptor, and the 1024
+/// default is a number of clients, not a limit we chose. Returns the limit.
+#[must_use]
+pub fn raise_own_nofile() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).ok()?;
+    }
+    Some(hard)
+}
+
+/// Sets this process's core-dump soft limit to 0, so every process it
+/// starts (initdb, pg_dump, psql… not only supervised children) inherits
+/// it: a core of any of them may hold customer data.
+pub fn forbid_own_core_dumps() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_CORE) {
+        let _ = setrlimit(Resource::RLIMIT_CORE, 0, hard);
+    }
 }
 
 async fn forward_lines(stream: impl AsyncRead + Unpin, output: fn(&str)) {
@@ -254,7 +336,36 @@ mod tests {
             stop_ladder: vec![(Signal::SIGTERM, Duration::from_secs(2))],
             parent_death_signal: Signal::SIGKILL,
             policy: RestartPolicy::default(),
+            limits: Limits::default(),
         }
+    }
+
+    #[tokio::test]
+    async fn children_get_no_core_dumps_and_a_sane_open_files_limit() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(supervise(spec("sleep", &["60"]), tx, cancel.clone()));
+        let Some(ChildEvent::Started { pid }) = rx.recv().await else {
+            panic!("no start event")
+        };
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+        let row = |name: &str| {
+            limits
+                .lines()
+                .find(|l| l.starts_with(name))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .expect("row")
+        };
+        assert_eq!(row("Max core file size")[4..6], ["0", "0"], "{limits}");
+        let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .expect("getrlimit");
+        assert_eq!(
+            row("Max open files")[3],
+            CHILD_NOFILE.min(hard).to_string(),
+            "{limits}"
+        );
+        cancel.cancel();
+        task.await.expect("join").expect("clean stop");
     }
 
     #[tokio::test]

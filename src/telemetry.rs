@@ -53,6 +53,49 @@ pub fn record_request(route: &str, method: &str, status: u16, seconds: f64) {
     metrics::histogram!("pagodirecto_http_request_duration_seconds", &labels).record(seconds);
 }
 
+/// The budget resources are measured against, exported once at start.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    /// Cores; 0 = no limit.
+    pub cpu_cores: f64,
+    pub postgres_memory_bytes: u64,
+    pub postgres_cpu_cores: f64,
+    pub disk_reserve_bytes: u64,
+    pub max_connections: u32,
+    /// `v2`, `v1` or `none`: whether the memory and CPU limits are enforced.
+    pub cgroup_mode: &'static str,
+}
+
+/// `pagodirecto_limit_*` gauges, beside the usage gauges they bound.
+#[allow(clippy::cast_precision_loss)] // byte counts far below 2^53
+pub fn export_limits(limits: &Limits) {
+    for (scope, memory, cpu) in [
+        ("appliance", limits.memory_bytes, limits.cpu_cores),
+        (
+            "postgres",
+            limits.postgres_memory_bytes,
+            limits.postgres_cpu_cores,
+        ),
+    ] {
+        metrics::gauge!("pagodirecto_limit_memory_bytes", "scope" => scope).set(memory as f64);
+        metrics::gauge!("pagodirecto_limit_cpu_cores", "scope" => scope).set(cpu);
+    }
+    metrics::gauge!("pagodirecto_limit_disk_reserve_bytes").set(limits.disk_reserve_bytes as f64);
+    metrics::gauge!("pagodirecto_limit_postgres_connections")
+        .set(f64::from(limits.max_connections));
+    metrics::gauge!("pagodirecto_cgroup_info", "mode" => limits.cgroup_mode).set(1.0);
+}
+
+/// PostgreSQL's cgroup usage, refreshed before each render.
+#[allow(clippy::cast_precision_loss)]
+pub fn export_cgroup(usage: &crate::cgroup::Usage) {
+    metrics::gauge!("pagodirecto_postgres_cgroup_memory_bytes").set(usage.memory_bytes as f64);
+    metrics::counter!("pagodirecto_postgres_oom_kills_total").absolute(usage.oom_kills);
+    metrics::gauge!("pagodirecto_postgres_cgroup_memory_peak_bytes")
+        .set(usage.memory_peak_bytes as f64);
+}
+
 /// One measurement of the appliance's resources.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Sample {

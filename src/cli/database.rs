@@ -32,7 +32,12 @@ impl Session {
                     .await
                     .context("preparing the PostgreSQL cluster")?;
                 let stop = CancellationToken::new();
-                let mut server = cluster.start(stop.clone());
+                // A short-lived server for one command: rlimits, no cgroup.
+                let limits = crate::supervisor::Limits {
+                    cgroup_procs: Vec::new(),
+                    core_dumps: config.limits.core_dumps,
+                };
+                let mut server = cluster.start(stop.clone(), limits);
                 if let Err(err) = server.wait_ready().await {
                     let finished = server.finished().await;
                     return Err(finished

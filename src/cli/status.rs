@@ -115,6 +115,7 @@ fn render(r: &StatusReport) -> String {
         render_embedded(&mut out, pg);
     }
     render_backups(&mut out, &r.backups);
+    render_limits(&mut out, r);
     if let Some(res) = &r.resources {
         let _ = writeln!(out, "resources");
         let _ = writeln!(
@@ -131,6 +132,12 @@ fn render(r: &StatusReport) -> String {
             bytesize::ByteSize(res.postgres_memory_budget_bytes),
             res.postgres_cpu_percent
         );
+        let _ = writeln!(
+            out,
+            "  disk:      {} free (reserve {})",
+            bytesize::ByteSize(res.data_free_bytes),
+            bytesize::ByteSize(res.disk_reserve_bytes)
+        );
     }
     let _ = writeln!(out, "checks");
     for check in &r.checks {
@@ -143,6 +150,52 @@ fn render(r: &StatusReport) -> String {
         );
     }
     out
+}
+
+fn render_limits(out: &mut String, r: &StatusReport) {
+    use std::fmt::Write as _;
+    let l = &r.limits;
+    let cores = |c: f64| {
+        if c > 0.0 {
+            format!("{c} cores")
+        } else {
+            "no CPU limit".into()
+        }
+    };
+    let _ = writeln!(out, "limits (cgroup {})", r.cgroup.mode);
+    let _ = writeln!(
+        out,
+        "  appliance: {}, {}",
+        bytesize::ByteSize(l.memory_bytes),
+        cores(l.cpu_cores)
+    );
+    let _ = writeln!(
+        out,
+        "  postgres:  {}, {}, {} connections (pool {}), {} requests at once",
+        bytesize::ByteSize(l.postgres_memory_bytes),
+        cores(l.postgres_cpu_cores),
+        l.max_connections,
+        l.pool_size,
+        l.max_concurrent_requests
+    );
+    let c = &r.cgroup;
+    if let (Some(used), Some(limit)) = (c.postgres_memory_bytes, c.postgres_memory_limit_bytes) {
+        let _ = writeln!(
+            out,
+            "  cgroup:    postgres uses {} of {} (peak {}); {} OOM kills",
+            bytesize::ByteSize(used),
+            bytesize::ByteSize(limit),
+            bytesize::ByteSize(c.postgres_memory_peak_bytes.unwrap_or(0)),
+            c.postgres_oom_kills.unwrap_or(0)
+        );
+    }
+    let _ = writeln!(out, "  {}", c.note);
+    let _ = writeln!(
+        out,
+        "  files:     {} open files, core dumps {}",
+        l.open_files.map_or_else(|| "?".into(), |n| n.to_string()),
+        if l.core_dumps { "on" } else { "off" }
+    );
 }
 
 fn render_backups(out: &mut String, b: &crate::control::BackupReport) {

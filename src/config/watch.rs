@@ -1,4 +1,5 @@
-//! Watches the config file for changes and says when one settled.
+//! Watches the config file (or any files: the TLS certificate and key) for
+//! changes and says when one settled.
 //!
 //! Watches the file's *parent directory* and filters by name: editors and
 //! config-management tools replace files by rename, and a watch on the file
@@ -18,23 +19,45 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// Starts watching `file`; `()` arrives on `changed` after each settled burst
 /// of changes. Keep the returned watcher alive as long as you want events.
 pub fn watch(file: &Path, changed: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
-    let name = file.file_name().map(ToOwned::to_owned);
-    let parent = file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
+    watch_all(&[file], changed)
+}
+
+/// [`watch`] for several files: one notification per settled burst of
+/// changes to any of them.
+pub fn watch_all(
+    files: &[&Path],
+    changed: mpsc::Sender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let parent = |file: &Path| {
+        file.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf()
+    };
+    let names: Vec<std::ffi::OsString> = files
+        .iter()
+        .filter_map(|f| f.file_name().map(ToOwned::to_owned))
+        .collect();
+    let mut dirs: Vec<std::path::PathBuf> = files.iter().map(|f| parent(f)).collect();
+    dirs.sort();
+    dirs.dedup();
     let (raw_tx, mut raw_rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         if matches!(event.kind, EventKind::Access(_)) {
             return;
         }
-        if event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+        if event
+            .paths
+            .iter()
+            .any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)))
+        {
             let _ = raw_tx.send(());
         }
     })?;
-    watcher.watch(&parent, RecursiveMode::NonRecursive)?;
+    for dir in &dirs {
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    }
     tokio::spawn(async move {
         while raw_rx.recv().await.is_some() {
             // Debounce: wait until no event came for SETTLE.

@@ -17,6 +17,7 @@ pub mod deals;
 mod list;
 mod money;
 pub mod payments;
+pub mod resource;
 pub mod system;
 pub mod users;
 
@@ -258,14 +259,19 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        // Set by the edge, which also cut the body off there.
+        let limit = req
+            .extensions()
+            .get::<super::edge::BodyLimit>()
+            .map_or(super::edge::DEFAULT_BODY_LIMIT, |l| l.0);
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(&rejection)),
+            Err(rejection) => Err(json_rejection(&rejection, limit)),
         }
     }
 }
 
-fn json_rejection(rejection: &JsonRejection) -> ApiError {
+fn json_rejection(rejection: &JsonRejection, limit: usize) -> ApiError {
     match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
         JsonRejection::JsonDataError(err) => {
@@ -286,9 +292,7 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
         JsonRejection::JsonSyntaxError(err) => ApiError::MalformedBody(err.body_text()),
         JsonRejection::BytesRejection(err) => {
             if err.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge {
-                    limit: super::BODY_LIMIT,
-                }
+                ApiError::PayloadTooLarge { limit }
             } else {
                 ApiError::MalformedBody(err.body_text())
             }
@@ -482,6 +486,18 @@ pub fn optional_text(
     }
 }
 
+/// For an update of an optional text field: absent (keep), `null` or empty
+/// (clear), or a value checked like [`text`].
+pub fn clearable_text(
+    field: &str,
+    value: Option<&Option<String>>,
+    max: usize,
+) -> Result<Option<Option<String>>, ApiError> {
+    value
+        .map(|v| optional_text(field, v.as_deref(), max))
+        .transpose()
+}
+
 /// A plausible email: one `@`, something on both sides, no spaces. Lower-cased.
 pub fn email(field: &str, value: &str) -> Result<String, ApiError> {
     let value = value.trim().to_lowercase();
@@ -501,76 +517,6 @@ pub fn email(field: &str, value: &str) -> Result<String, ApiError> {
             field,
             format!("{field} is not a valid email address"),
         ))
-    }
-}
-
-/// The read every CRM resource shares: the read permission, the row as
-/// the tenant sees it (404 otherwise), its version as the `ETag`.
-#[allow(clippy::too_many_arguments)] // a table description, not a grab bag
-pub async fn get_row<T: serde::Serialize>(
-    state: &AppState,
-    auth: Auth,
-    headers: &HeaderMap,
-    id: Uuid,
-    table: &'static str,
-    columns: &str,
-    what: &'static str,
-    from_row: fn(&tokio_postgres::Row) -> T,
-    version: fn(&T) -> i32,
-) -> Result<Response, ApiError> {
-    let rows = Scoped::read(
-        state,
-        auth,
-        Permission::CrmRead,
-        headers,
-        &format!("SELECT {columns} FROM {table} WHERE id = $1"),
-        &[&id],
-    )
-    .await?;
-    let item = from_row(rows.first().ok_or(ApiError::NotFound(what))?);
-    Ok(with_etag(version(&item), axum::Json(item)))
-}
-
-/// The archive action every CRM resource shares: `If-Match` required, the
-/// archive permission, `archived_at` set once (archiving twice keeps the first
-/// time), 404 when the row is not visible and 412 when the version is stale.
-#[allow(clippy::too_many_arguments)] // a table description, not a grab bag
-pub async fn archive_row<T: serde::Serialize>(
-    state: &AppState,
-    auth: Auth,
-    headers: &HeaderMap,
-    id: Uuid,
-    table: &'static str,
-    columns: &str,
-    what: &'static str,
-    from_row: fn(&tokio_postgres::Row) -> T,
-    version: fn(&T) -> i32,
-) -> Result<Response, ApiError> {
-    let expected = if_match(headers)?;
-    let db = Scoped::begin(state, auth, Permission::CrmArchive, headers).await?;
-    let sql = format!(
-        "UPDATE {table} SET archived_at = coalesce(archived_at, now()) WHERE id = $1 AND version = $2 RETURNING {columns}"
-    );
-    let row = db.client().query_opt(&sql, &[&id, &expected]).await?;
-    let Some(row) = row else {
-        return Err(missing_or_stale(&db, table, id, what).await);
-    };
-    db.commit().await?;
-    let item = from_row(&row);
-    Ok(with_etag(version(&item), axum::Json(item)))
-}
-
-/// After an update matched no row: 404 if the row is not visible, else the
-/// version was stale (412).
-pub async fn missing_or_stale(db: &Scoped, table: &str, id: Uuid, what: &'static str) -> ApiError {
-    match db
-        .client()
-        .query_opt(&format!("SELECT 1 FROM {table} WHERE id = $1"), &[&id])
-        .await
-    {
-        Ok(Some(_)) => ApiError::PreconditionFailed,
-        Ok(None) => ApiError::NotFound(what),
-        Err(err) => err.into(),
     }
 }
 

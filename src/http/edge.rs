@@ -1,10 +1,17 @@
 //! The HTTP edge, in process: what the old stack's nginx proxy did in front
 //! of the API — a request id on every request and log line, per-client rate
-//! limits, a concurrency limit that sheds load instead of queueing, a
-//! request timeout, and security headers on every response.
+//! limits, CORS for the configured origins, a body size limit, a concurrency
+//! limit that sheds load instead of queueing, a request timeout, and security
+//! headers (HSTS with TLS) on every response.
 //!
 //! One middleware ([`edge`]) so the order is explicit: id → log span →
-//! rate limit → concurrency → timeout → handler → headers.
+//! rate limit → CORS preflight → body limit → concurrency → timeout →
+//! handler → headers. Everything it enforces comes from `[server]` and is
+//! replaced by [`Edge::update`] on a config reload.
+//!
+//! CORS is done here rather than with tower-http's layer: that one answers
+//! every `OPTIONS` as a preflight (with the allowed methods and headers)
+//! whatever the origin, while the rule here is "nothing for other origins".
 //!
 //! Invariant: `X-Forwarded-For` is believed only from `trusted_proxies`;
 //! otherwise the peer address is the client (never spoofable by a header).
@@ -15,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock as _, DefaultClock};
@@ -33,6 +40,19 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct Edge {
     limits: std::sync::RwLock<Arc<Limits>>,
     clock: DefaultClock,
+    /// Requests refused so far, by the rate limits and by shedding: under
+    /// overload a log line per refusal would cost more than the refusal.
+    limited: std::sync::atomic::AtomicU64,
+    shed: std::sync::atomic::AtomicU64,
+}
+
+/// The first refusal of a kind is logged, then every this many.
+const LOG_EVERY: u64 = 1000;
+
+/// Counts one refusal; true when this one should be logged.
+fn count(counter: &std::sync::atomic::AtomicU64) -> (bool, u64) {
+    let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    (n % LOG_EVERY == 1, n)
 }
 
 struct Limits {
@@ -41,7 +61,17 @@ struct Limits {
     in_flight: Arc<Semaphore>,
     timeout: Duration,
     trusted_proxies: Vec<IpAddr>,
+    max_body: usize,
+    hsts: bool,
+    cors_origins: Vec<HeaderValue>,
 }
+
+/// What axum enforces when no edge set a limit (tests without the edge).
+pub const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// The body limit in force for a request, for extractors that explain a 413.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
 
 impl Limits {
     fn new(cfg: &ServerConfig) -> Self {
@@ -55,6 +85,13 @@ impl Limits {
             in_flight: Arc::new(Semaphore::new(cfg.max_concurrent_requests)),
             timeout: cfg.request_timeout,
             trusted_proxies: cfg.trusted_proxies.clone(),
+            max_body: usize::try_from(cfg.max_body.as_u64()).unwrap_or(usize::MAX),
+            hsts: cfg.tls_enabled(),
+            cors_origins: cfg
+                .cors_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect(),
         }
     }
 }
@@ -65,6 +102,8 @@ impl Edge {
         Arc::new(Self {
             limits: std::sync::RwLock::new(Arc::new(Limits::new(cfg))),
             clock: DefaultClock::default(),
+            limited: std::sync::atomic::AtomicU64::new(0),
+            shed: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -126,6 +165,77 @@ impl Limits {
     }
 }
 
+/// Sent with TLS only: a year, and no `includeSubDomains` (the appliance
+/// may sit on one name of a domain whose other hosts are not ours).
+const HSTS: &str = "max-age=31536000";
+/// What a cross-origin caller may do and read.
+const CORS_METHODS: &str = "GET, POST, PUT, PATCH, DELETE";
+const CORS_HEADERS: &str = "authorization, content-type, if-match, if-none-match, x-request-id";
+const CORS_EXPOSE: &str = "etag, location, retry-after, x-request-id";
+
+impl Limits {
+    /// The request's `Origin` when it is one of `cors_origins`.
+    fn allowed_origin(&self, req: &Request) -> Option<HeaderValue> {
+        let origin = req.headers().get(header::ORIGIN)?;
+        self.cors_origins.contains(origin).then(|| origin.clone())
+    }
+
+    /// A CORS preflight from an allowed origin, answered here; from any
+    /// other origin it is an ordinary `OPTIONS` (which nothing routes), so
+    /// the browser sees no CORS headers and refuses.
+    fn preflight(&self, req: &Request) -> Option<Response> {
+        let is_preflight = req.method() == axum::http::Method::OPTIONS
+            && req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let origin = self.allowed_origin(req).filter(|_| is_preflight)?;
+        Some(
+            (
+                axum::http::StatusCode::NO_CONTENT,
+                [
+                    (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin),
+                    (
+                        header::ACCESS_CONTROL_ALLOW_METHODS,
+                        HeaderValue::from_static(CORS_METHODS),
+                    ),
+                    (
+                        header::ACCESS_CONTROL_ALLOW_HEADERS,
+                        HeaderValue::from_static(CORS_HEADERS),
+                    ),
+                    (
+                        header::ACCESS_CONTROL_MAX_AGE,
+                        HeaderValue::from_static("600"),
+                    ),
+                ],
+            )
+                .into_response(),
+        )
+    }
+
+    /// 413 at once when `Content-Length` says the body is too large;
+    /// otherwise the body is cut off at the limit as it is read (chunked
+    /// uploads), which extractors report as 413 too.
+    fn limit_body(&self, req: &mut Request) -> Option<Response> {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body as u64) {
+            return Some(
+                ApiError::PayloadTooLarge {
+                    limit: self.max_body,
+                }
+                .into_response(),
+            );
+        }
+        req.extensions_mut().insert(BodyLimit(self.max_body));
+        let body = std::mem::take(req.body_mut());
+        *req.body_mut() = axum::body::Body::new(http_body_util::Limited::new(body, self.max_body));
+        None
+    }
+}
+
 /// Paths monitoring polls: never rate-limited or shed.
 fn is_probe(path: &str) -> bool {
     matches!(path, "/health" | "/ready") || path.starts_with("/actuator/")
@@ -152,6 +262,7 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
     let started = Instant::now();
     let limits = edge.limits();
     let client = limits.client(&req);
+    let origin = limits.allowed_origin(&req);
 
     let mut response = async {
         if let Some(ip) = client.filter(|_| !is_probe(&path)) {
@@ -162,7 +273,9 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
             };
             if let Err(not_until) = limiter.check_key(&ip) {
                 let wait = not_until.wait_time_from(edge.clock.now());
-                tracing::warn!(%ip, "rate limited");
+                if let (true, total) = count(&edge.limited) {
+                    tracing::warn!(%ip, total, "rate limited (logged once per {LOG_EVERY})");
+                }
                 return ApiError::TooManyRequests {
                     detail: "too many requests from this address; slow down".into(),
                     retry_after: wait.as_secs().max(1),
@@ -170,10 +283,21 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
                 .into_response();
             }
         }
+        if let Some(preflight) = limits.preflight(&req) {
+            return preflight;
+        }
+        if let Some(too_large) = limits.limit_body(&mut req) {
+            return too_large;
+        }
         // Shed, don't queue: past the limit a request gets 503 at once, so a
         // burst cannot pile up latency for everyone.
         let Ok(_permit) = limits.in_flight.try_acquire() else {
-            tracing::warn!("over the concurrency limit; shedding");
+            if let (true, total) = count(&edge.shed) {
+                tracing::warn!(
+                    total,
+                    "over the concurrency limit; shedding (logged once per {LOG_EVERY})"
+                );
+            }
             return ApiError::Overloaded.into_response();
         };
         if let Ok(response) = tokio::time::timeout(limits.timeout, next.run(req)).await {
@@ -186,16 +310,7 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
     .instrument(span.clone())
     .await;
 
-    let headers = response.headers_mut();
-    headers.insert(REQUEST_ID, id);
-    for (name, value) in SECURITY_HEADERS {
-        if !headers.contains_key(*name) {
-            headers.insert(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
-        }
-    }
+    limits.decorate(response.headers_mut(), id, origin);
     let route = if response.status() == axum::http::StatusCode::NOT_FOUND {
         "unmatched".to_string()
     } else {
@@ -215,6 +330,44 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
         );
     });
     response
+}
+
+impl Limits {
+    /// What every response gets on its way out: the request id, security
+    /// headers, HSTS with TLS, and CORS headers for an allowed origin.
+    fn decorate(
+        &self,
+        headers: &mut axum::http::HeaderMap,
+        id: HeaderValue,
+        origin: Option<HeaderValue>,
+    ) {
+        headers.insert(REQUEST_ID, id);
+        for (name, value) in SECURITY_HEADERS {
+            if !headers.contains_key(*name) {
+                headers.insert(
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                );
+            }
+        }
+        if self.hsts {
+            headers.insert(
+                header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static(HSTS),
+            );
+        }
+        if !self.cors_origins.is_empty() {
+            // The answer depends on Origin, so caches must not share it across origins.
+            headers.append(header::VARY, HeaderValue::from_static("origin"));
+        }
+        if let Some(origin) = origin {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            headers.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(CORS_EXPOSE),
+            );
+        }
+    }
 }
 
 /// The metrics label for a path: ids replaced by `{id}` so the number of
@@ -265,8 +418,18 @@ mod tests {
     use super::*;
 
     fn app(cfg: &ServerConfig) -> Router {
+        app_with(Edge::new(cfg))
+    }
+
+    fn app_with(edge: Arc<Edge>) -> Router {
         Router::new()
             .route("/fast", get(|| async { "ok" }))
+            .route(
+                "/upload",
+                axum::routing::post(
+                    |body: axum::body::Bytes| async move { body.len().to_string() },
+                ),
+            )
             .route("/api/v1/auth/login", get(|| async { "login" }))
             .route("/health", get(|| async { "up" }))
             .route(
@@ -276,7 +439,7 @@ mod tests {
                     "late"
                 }),
             )
-            .layer(axum::middleware::from_fn_with_state(Edge::new(cfg), edge))
+            .layer(axum::middleware::from_fn_with_state(edge, super::edge))
     }
 
     fn request(path: &str, from: [u8; 4], headers: &[(&str, &str)]) -> Request {
@@ -479,6 +642,179 @@ mod tests {
             after.status(),
             200,
             "capacity is back once the slow one finished"
+        );
+    }
+
+    fn with_method(mut req: Request, method: &str) -> Request {
+        *req.method_mut() = method.parse().expect("method");
+        req
+    }
+
+    #[tokio::test]
+    async fn cors_answers_configured_origins_only_and_follows_a_reload() {
+        let cfg = ServerConfig {
+            cors_origins: vec!["https://app.example".into()],
+            ..ServerConfig::default()
+        };
+        let edge = Edge::new(&cfg);
+        let app = app_with(edge.clone());
+        let preflight = |origin: &str| {
+            with_method(
+                request(
+                    "/fast",
+                    [10, 0, 0, 1],
+                    &[
+                        ("origin", origin),
+                        ("access-control-request-method", "POST"),
+                        (
+                            "access-control-request-headers",
+                            "authorization, content-type",
+                        ),
+                    ],
+                ),
+                "OPTIONS",
+            )
+        };
+        let ok = app
+            .clone()
+            .oneshot(preflight("https://app.example"))
+            .await
+            .expect("res");
+        assert_eq!(ok.status(), 204);
+        assert_eq!(
+            ok.headers()["access-control-allow-origin"],
+            "https://app.example"
+        );
+        let methods = ok.headers()["access-control-allow-methods"]
+            .to_str()
+            .expect("str");
+        assert!(methods.contains("POST"), "{methods}");
+        let allowed = ok.headers()["access-control-allow-headers"]
+            .to_str()
+            .expect("str");
+        assert!(allowed.contains("authorization"), "{allowed}");
+
+        let refused = app
+            .clone()
+            .oneshot(preflight("https://evil.example"))
+            .await
+            .expect("res");
+        assert_ne!(refused.status(), 204);
+        for name in refused.headers().keys() {
+            assert!(
+                !name.as_str().starts_with("access-control-"),
+                "{name} for another origin"
+            );
+        }
+
+        let simple = app
+            .clone()
+            .oneshot(request(
+                "/fast",
+                [10, 0, 0, 1],
+                &[("origin", "https://app.example")],
+            ))
+            .await
+            .expect("res");
+        assert_eq!(
+            simple.headers()["access-control-allow-origin"],
+            "https://app.example"
+        );
+        assert!(
+            simple.headers()["access-control-expose-headers"]
+                .to_str()
+                .expect("str")
+                .contains("etag")
+        );
+        let other = app
+            .clone()
+            .oneshot(request(
+                "/fast",
+                [10, 0, 0, 1],
+                &[("origin", "https://evil.example")],
+            ))
+            .await
+            .expect("res");
+        assert_eq!(other.status(), 200);
+        assert!(!other.headers().contains_key("access-control-allow-origin"));
+
+        // A reload replaces the list.
+        edge.update(&ServerConfig {
+            cors_origins: vec!["https://evil.example".into()],
+            ..ServerConfig::default()
+        });
+        let now = app
+            .clone()
+            .oneshot(preflight("https://evil.example"))
+            .await
+            .expect("res");
+        assert_eq!(now.status(), 204);
+        let old = app
+            .oneshot(preflight("https://app.example"))
+            .await
+            .expect("res");
+        assert!(!old.headers().contains_key("access-control-allow-origin"));
+    }
+
+    #[tokio::test]
+    async fn hsts_only_with_tls() {
+        let plain = app(&ServerConfig::default())
+            .oneshot(request("/fast", [10, 0, 0, 1], &[]))
+            .await
+            .expect("res");
+        assert!(!plain.headers().contains_key("strict-transport-security"));
+        let tls = app(&ServerConfig {
+            tls: crate::config::TlsMode::SelfSigned,
+            ..ServerConfig::default()
+        })
+        .oneshot(request("/fast", [10, 0, 0, 1], &[]))
+        .await
+        .expect("res");
+        assert_eq!(tls.headers()["strict-transport-security"], HSTS);
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_refused_whether_declared_or_streamed() {
+        let cfg = ServerConfig {
+            max_body: bytesize::ByteSize::kib(1),
+            ..ServerConfig::default()
+        };
+        let app = app(&cfg);
+        let upload = |body: Body, len: Option<usize>| {
+            let mut req = with_method(request("/upload", [10, 0, 0, 1], &[]), "POST");
+            if let Some(len) = len {
+                req.headers_mut().insert("content-length", len.into());
+            }
+            *req.body_mut() = body;
+            req
+        };
+        let small = app
+            .clone()
+            .oneshot(upload(Body::from(vec![b'x'; 1000]), Some(1000)))
+            .await
+            .expect("res");
+        assert_eq!(small.status(), 200);
+        let declared = app
+            .clone()
+            .oneshot(upload(Body::from(vec![b'x'; 2000]), Some(2000)))
+            .await
+            .expect("res");
+        assert_eq!(declared.status(), 413);
+        assert_eq!(
+            declared.headers()["content-type"],
+            "application/problem+json"
+        );
+        let chunks = futures_util::stream::iter(
+            (0..4).map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b'x'; 500]))),
+        );
+        let streamed = app
+            .oneshot(upload(Body::from_stream(chunks), None))
+            .await
+            .expect("res");
+        assert_eq!(
+            streamed.status(),
+            413,
+            "a chunked body is cut off at the limit"
         );
     }
 

@@ -131,6 +131,33 @@ mod tests {
         );
     }
     #[test]
+    fn quarter_gig_budget() {
+        check(
+            256,
+            20,
+            &[
+                ("shared_buffers", "64MB"),
+                ("effective_cache_size", "192MB"),
+                ("work_mem", "3MB"),
+                ("maintenance_work_mem", "16MB"),
+            ],
+        );
+    }
+    #[test]
+    fn two_gig_budget_with_many_connections() {
+        check(
+            2048,
+            100,
+            &[
+                ("max_connections", "100"),
+                ("shared_buffers", "512MB"),
+                ("effective_cache_size", "1536MB"),
+                ("work_mem", "5MB"),
+                ("maintenance_work_mem", "128MB"),
+            ],
+        );
+    }
+    #[test]
     fn large_budget_caps_work_mem() {
         check(
             65536,

@@ -19,5 +19,8 @@ mod api_users;
 mod binaries;
 mod browser;
 mod cli;
+mod edge;
 mod external;
 mod lifecycle;
+mod service;
+mod limits;

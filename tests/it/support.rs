@@ -142,6 +142,18 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// A daemon started some other way (as the systemd unit would, in
+    /// tests/package), writing its output to `output`.
+    #[allow(dead_code)] // used by tests/package, which includes this file
+    pub fn from_child(child: Child, data_dir: PathBuf, output: PathBuf) -> Self {
+        Self {
+            child: Some(child),
+            data_dir,
+            output,
+            addr: None,
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         i32::try_from(self.child.as_ref().expect("running").id()).expect("pid")
     }

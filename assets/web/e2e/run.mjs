@@ -289,16 +289,22 @@ async function main() {
     await form.getByLabel('Phone').fill('+51 1 555 0199');
     await form.getByRole('button', { name: 'Save changes' }).click();
     await page.getByRole('alert').filter({ hasText: 'Someone else changed this' }).waitFor();
-    // The form re-opened with the other edit in it; saving again works.
+    // The form re-opened with the other edit in it; making the change again
+    // on top of it works.
     await page.waitForFunction(
       () => document.querySelector('form[aria-label="Edit customer"] textarea')?.value === 'changed elsewhere',
       undefined,
       { timeout: STEP_TIMEOUT_MS },
     );
-    await page.getByRole('form', { name: 'Edit customer' }).getByRole('button', { name: 'Save changes' }).click();
+    const again = page.getByRole('form', { name: 'Edit customer' });
+    await again.getByLabel('Phone').fill('+51 1 555 0199');
+    await again.getByRole('button', { name: 'Save changes' }).click();
     await page.getByRole('status').filter({ hasText: 'Changes saved.' }).waitFor();
     const stored = await api(base, token, 'GET', `/api/v1/customers/${id}`);
-    check(stored.body.notes === 'changed elsewhere' && stored.body.version > other.body.version, `stored: ${JSON.stringify(stored.body)}`);
+    check(
+      stored.body.notes === 'changed elsewhere' && stored.body.phone === '+51 1 555 0199' && stored.body.version > other.body.version,
+      `stored: ${JSON.stringify(stored.body)}`,
+    );
   });
 
   await step('add a contact and log an activity on the customer', async () => {

@@ -18,9 +18,9 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::list::ListQuery;
+use super::resource::{Columns, Resource, archive_row, found, get_row, made};
 use super::{
-    ApiJson, ApiPath, ApiQuery, Auth, Cursor, Page, Scoped, archive_row, created, double_option,
-    get_row, if_match, missing_or_stale, optional_text, page, text, with_etag,
+    ApiJson, ApiPath, ApiQuery, Auth, Page, Scoped, double_option, if_match, optional_text, text,
 };
 use crate::auth::Permission;
 use crate::http::AppState;
@@ -79,7 +79,12 @@ pub struct Activity {
     pub updated_at: OffsetDateTime,
 }
 
-impl Activity {
+impl Resource for Activity {
+    const TABLE: &'static str = TABLE;
+    const COLUMNS: &'static str = COLUMNS;
+    const WHAT: &'static str = "activity";
+    const PATH: &'static str = "/api/v1/activities";
+
     fn from_row(row: &Row) -> Self {
         Self {
             id: row.get(0),
@@ -97,11 +102,16 @@ impl Activity {
         }
     }
 
-    fn cursor(&self) -> Cursor {
-        Cursor {
-            created_at: self.created_at,
-            id: self.id,
-        }
+    fn id(&self) -> Uuid {
+        self.id
+    }
+
+    fn version(&self) -> i32 {
+        self.version
+    }
+
+    fn created_at(&self) -> OffsetDateTime {
+        self.created_at
     }
 }
 
@@ -221,22 +231,13 @@ pub async fn list(
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Page<Activity>>, ApiError> {
-    let limit = super::limit(params.limit)?;
-    let cursor = params
-        .cursor
-        .as_deref()
-        .map(Cursor::decode)
-        .transpose()?
-        .unwrap_or_else(Cursor::start);
-    let query = ListQuery::new(TABLE, COLUMNS, params.archived.unwrap_or(false), cursor)
+    let query = ListQuery::new(params.archived, params.cursor.as_deref())?
         .equals("customer_id", params.customer_id)
         .equals("deal_id", params.deal_id)
         .equals("kind", params.kind.map(ActivityKind::as_str))
         .equals("done", params.done)
         .search(&["subject"], params.q.as_deref())?;
-    let rows = query.fetch(&state, auth, &headers, limit).await?;
-    let items = rows.iter().map(Activity::from_row).collect();
-    Ok(Json(page(items, limit, Activity::cursor)))
+    query.page(&state, auth, &headers, params.limit).await
 }
 
 #[utoipa::path(post, path = "/api/v1/activities", tag = "activities", request_body = ActivityCreate,
@@ -255,31 +256,20 @@ pub async fn create(
     if let Some(deal_id) = body.deal_id {
         check_deal(&db, deal_id, body.customer_id).await?;
     }
-    let row = db
-        .client()
-        .query_one(
-            &format!(
-                "INSERT INTO {TABLE} (customer_id, deal_id, kind, subject, body, due_at, done) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
-            ),
-            &[
-                &body.customer_id,
-                &body.deal_id,
-                &body.kind.as_str(),
-                &subject,
-                &text_body,
-                &due_at,
-                &body.done,
-            ],
+    let activity: Activity = db
+        .insert(
+            Columns::new()
+                .set("customer_id", body.customer_id)
+                .set("deal_id", body.deal_id)
+                .set("kind", body.kind.as_str())
+                .set("subject", subject)
+                .set("body", text_body)
+                .set("due_at", due_at)
+                .set("done", body.done),
         )
         .await?;
     db.commit().await?;
-    let activity = Activity::from_row(&row);
-    Ok(created(
-        &format!("/api/v1/activities/{}", activity.id),
-        activity.version,
-        Json(activity),
-    ))
+    Ok(made(activity))
 }
 
 #[utoipa::path(get, path = "/api/v1/activities/{id}", tag = "activities", params(("id" = Uuid, Path)),
@@ -291,18 +281,7 @@ pub async fn get(
     headers: HeaderMap,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    get_row(
-        &state,
-        auth,
-        &headers,
-        id,
-        TABLE,
-        COLUMNS,
-        "activity",
-        Activity::from_row,
-        |activity| activity.version,
-    )
-    .await
+    get_row::<Activity>(&state, auth, &headers, id).await
 }
 
 #[utoipa::path(patch, path = "/api/v1/activities/{id}", tag = "activities", params(("id" = Uuid, Path)), request_body = ActivityUpdate,
@@ -341,40 +320,16 @@ pub async fn update(
             .get(0);
         check_deal(&db, deal_id, customer_id).await?;
     }
-    let row = db
-        .client()
-        .query_opt(
-            &format!(
-                "UPDATE {TABLE} SET \
-                   deal_id = CASE WHEN $3 THEN $4 ELSE deal_id END, \
-                   kind = coalesce($5, kind), \
-                   subject = coalesce($6, subject), \
-                   body = CASE WHEN $7 THEN $8 ELSE body END, \
-                   due_at = CASE WHEN $9 THEN $10 ELSE due_at END, \
-                   done = coalesce($11, done) \
-                 WHERE id = $1 AND version = $2 RETURNING {COLUMNS}"
-            ),
-            &[
-                &id,
-                &version,
-                &body.deal_id.is_some(),
-                &body.deal_id.flatten(),
-                &body.kind.map(ActivityKind::as_str),
-                &subject,
-                &text_body.is_some(),
-                &text_body.flatten(),
-                &due_at.is_some(),
-                &due_at.flatten(),
-                &body.done,
-            ],
-        )
-        .await?;
-    let Some(row) = row else {
-        return Err(missing_or_stale(&db, TABLE, id, "activity").await);
-    };
+    let columns = Columns::new()
+        .change("deal_id", body.deal_id)
+        .change("kind", body.kind.map(ActivityKind::as_str))
+        .change("subject", subject)
+        .change("body", text_body)
+        .change("due_at", due_at)
+        .change("done", body.done);
+    let activity: Activity = db.update(id, version, columns).await?;
     db.commit().await?;
-    let activity = Activity::from_row(&row);
-    Ok(with_etag(activity.version, Json(activity)))
+    Ok(found(activity))
 }
 
 #[utoipa::path(post, path = "/api/v1/activities/{id}/archive", tag = "activities", params(("id" = Uuid, Path)),
@@ -387,18 +342,7 @@ pub async fn archive(
     headers: HeaderMap,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    archive_row(
-        &state,
-        auth,
-        &headers,
-        id,
-        TABLE,
-        COLUMNS,
-        "activity",
-        Activity::from_row,
-        |activity| activity.version,
-    )
-    .await
+    archive_row::<Activity>(&state, auth, &headers, id).await
 }
 
 #[cfg(test)]

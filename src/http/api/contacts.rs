@@ -17,9 +17,10 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::list::ListQuery;
+use super::resource::{Columns, Resource, archive_row, found, get_row, made};
 use super::{
-    ApiJson, ApiPath, ApiQuery, Auth, Cursor, Page, Scoped, archive_row, created, double_option,
-    email, get_row, if_match, missing_or_stale, optional_text, page, text, with_etag,
+    ApiJson, ApiPath, ApiQuery, Auth, Page, Scoped, clearable_text, double_option, email, if_match,
+    optional_text, text,
 };
 use crate::auth::Permission;
 use crate::http::AppState;
@@ -48,7 +49,12 @@ pub struct Contact {
     pub updated_at: OffsetDateTime,
 }
 
-impl Contact {
+impl Resource for Contact {
+    const TABLE: &'static str = TABLE;
+    const COLUMNS: &'static str = COLUMNS;
+    const WHAT: &'static str = "contact";
+    const PATH: &'static str = "/api/v1/contacts";
+
     fn from_row(row: &Row) -> Self {
         Self {
             id: row.get(0),
@@ -64,11 +70,16 @@ impl Contact {
         }
     }
 
-    fn cursor(&self) -> Cursor {
-        Cursor {
-            created_at: self.created_at,
-            id: self.id,
-        }
+    fn id(&self) -> Uuid {
+        self.id
+    }
+
+    fn version(&self) -> i32 {
+        self.version
+    }
+
+    fn created_at(&self) -> OffsetDateTime {
+        self.created_at
     }
 }
 
@@ -132,19 +143,10 @@ pub async fn list(
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Page<Contact>>, ApiError> {
-    let limit = super::limit(params.limit)?;
-    let cursor = params
-        .cursor
-        .as_deref()
-        .map(Cursor::decode)
-        .transpose()?
-        .unwrap_or_else(Cursor::start);
-    let query = ListQuery::new(TABLE, COLUMNS, params.archived.unwrap_or(false), cursor)
+    let query = ListQuery::new(params.archived, params.cursor.as_deref())?
         .equals("customer_id", params.customer_id)
         .search(&["name", "email"], params.q.as_deref())?;
-    let rows = query.fetch(&state, auth, &headers, limit).await?;
-    let items = rows.iter().map(Contact::from_row).collect();
-    Ok(Json(page(items, limit, Contact::cursor)))
+    query.page(&state, auth, &headers, params.limit).await
 }
 
 #[utoipa::path(post, path = "/api/v1/contacts", tag = "contacts", request_body = ContactCreate,
@@ -161,20 +163,18 @@ pub async fn create(
     let phone = optional_text("phone", body.phone.as_deref(), 50)?;
     let title = optional_text("title", body.title.as_deref(), 200)?;
     let db = Scoped::begin(&state, auth, Permission::CrmWrite, &headers).await?;
-    let row = db
-        .client()
-        .query_one(
-            &format!("INSERT INTO {TABLE} (customer_id, name, email, phone, title) VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"),
-            &[&body.customer_id, &name, &email, &phone, &title],
+    let contact: Contact = db
+        .insert(
+            Columns::new()
+                .set("customer_id", body.customer_id)
+                .set("name", name)
+                .set("email", email)
+                .set("phone", phone)
+                .set("title", title),
         )
         .await?;
     db.commit().await?;
-    let contact = Contact::from_row(&row);
-    Ok(created(
-        &format!("/api/v1/contacts/{}", contact.id),
-        contact.version,
-        Json(contact),
-    ))
+    Ok(made(contact))
 }
 
 #[utoipa::path(get, path = "/api/v1/contacts/{id}", tag = "contacts", params(("id" = Uuid, Path)),
@@ -186,18 +186,7 @@ pub async fn get(
     headers: HeaderMap,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    get_row(
-        &state,
-        auth,
-        &headers,
-        id,
-        TABLE,
-        COLUMNS,
-        "contact",
-        Contact::from_row,
-        |contact| contact.version,
-    )
-    .await
+    get_row::<Contact>(&state, auth, &headers, id).await
 }
 
 #[utoipa::path(patch, path = "/api/v1/contacts/{id}", tag = "contacts", params(("id" = Uuid, Path)), request_body = ContactUpdate,
@@ -222,49 +211,16 @@ pub async fn update(
         .as_ref()
         .map(|e| optional_email(e.as_deref()))
         .transpose()?;
-    let phone = body
-        .phone
-        .as_ref()
-        .map(|p| optional_text("phone", p.as_deref(), 50))
-        .transpose()?;
-    let title = body
-        .title
-        .as_ref()
-        .map(|t| optional_text("title", t.as_deref(), 200))
-        .transpose()?;
+    let columns = Columns::new()
+        .change("customer_id", body.customer_id)
+        .change("name", name)
+        .change("email", email)
+        .change("phone", clearable_text("phone", body.phone.as_ref(), 50)?)
+        .change("title", clearable_text("title", body.title.as_ref(), 200)?);
     let db = Scoped::begin(&state, auth, Permission::CrmWrite, &headers).await?;
-    let row = db
-        .client()
-        .query_opt(
-            &format!(
-                "UPDATE {TABLE} SET \
-                   customer_id = coalesce($3, customer_id), \
-                   name = coalesce($4, name), \
-                   email = CASE WHEN $5 THEN $6 ELSE email END, \
-                   phone = CASE WHEN $7 THEN $8 ELSE phone END, \
-                   title = CASE WHEN $9 THEN $10 ELSE title END \
-                 WHERE id = $1 AND version = $2 RETURNING {COLUMNS}"
-            ),
-            &[
-                &id,
-                &version,
-                &body.customer_id,
-                &name,
-                &email.is_some(),
-                &email.flatten(),
-                &phone.is_some(),
-                &phone.flatten(),
-                &title.is_some(),
-                &title.flatten(),
-            ],
-        )
-        .await?;
-    let Some(row) = row else {
-        return Err(missing_or_stale(&db, TABLE, id, "contact").await);
-    };
+    let contact: Contact = db.update(id, version, columns).await?;
     db.commit().await?;
-    let contact = Contact::from_row(&row);
-    Ok(with_etag(contact.version, Json(contact)))
+    Ok(found(contact))
 }
 
 #[utoipa::path(post, path = "/api/v1/contacts/{id}/archive", tag = "contacts", params(("id" = Uuid, Path)),
@@ -277,16 +233,5 @@ pub async fn archive(
     headers: HeaderMap,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    archive_row(
-        &state,
-        auth,
-        &headers,
-        id,
-        TABLE,
-        COLUMNS,
-        "contact",
-        Contact::from_row,
-        |contact| contact.version,
-    )
-    .await
+    archive_row::<Contact>(&state, auth, &headers, id).await
 }

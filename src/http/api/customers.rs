@@ -12,17 +12,14 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::list::ListQuery;
+use super::resource::{Columns, Resource, archive_row, found, get_row, made};
 use super::{
-    ApiJson, ApiPath, ApiQuery, Auth, Cursor, Page, Scoped, archive_row, created, double_option,
-    email, get_row, if_match, missing_or_stale, optional_text, page, text, with_etag,
+    ApiJson, ApiPath, ApiQuery, Auth, Page, Scoped, clearable_text, double_option, email, if_match,
+    optional_text, text,
 };
 use crate::auth::Permission;
 use crate::http::AppState;
 use crate::http::error::{ApiError, Problem};
-
-const TABLE: &str = "customers.customers";
-const COLUMNS: &str =
-    "id, name, email, phone, company, notes, archived_at, version, created_at, updated_at";
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Customer {
@@ -42,7 +39,13 @@ pub struct Customer {
     pub updated_at: OffsetDateTime,
 }
 
-impl Customer {
+impl Resource for Customer {
+    const TABLE: &'static str = "customers.customers";
+    const COLUMNS: &'static str =
+        "id, name, email, phone, company, notes, archived_at, version, created_at, updated_at";
+    const WHAT: &'static str = "customer";
+    const PATH: &'static str = "/api/v1/customers";
+
     fn from_row(row: &Row) -> Self {
         Self {
             id: row.get(0),
@@ -58,11 +61,16 @@ impl Customer {
         }
     }
 
-    fn cursor(&self) -> Cursor {
-        Cursor {
-            created_at: self.created_at,
-            id: self.id,
-        }
+    fn id(&self) -> Uuid {
+        self.id
+    }
+
+    fn version(&self) -> i32 {
+        self.version
+    }
+
+    fn created_at(&self) -> OffsetDateTime {
+        self.created_at
     }
 }
 
@@ -125,19 +133,10 @@ pub async fn list(
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Page<Customer>>, ApiError> {
-    let limit = super::limit(params.limit)?;
-    let cursor = params
-        .cursor
-        .as_deref()
-        .map(Cursor::decode)
-        .transpose()?
-        .unwrap_or_else(Cursor::start);
-    let rows = ListQuery::new(TABLE, COLUMNS, params.archived.unwrap_or(false), cursor)
+    ListQuery::new(params.archived, params.cursor.as_deref())?
         .search(&["name", "email", "company"], params.q.as_deref())?
-        .fetch(&state, auth, &headers, limit)
-        .await?;
-    let items = rows.iter().map(Customer::from_row).collect();
-    Ok(Json(page(items, limit, Customer::cursor)))
+        .page(&state, auth, &headers, params.limit)
+        .await
 }
 
 #[utoipa::path(post, path = "/api/v1/customers", tag = "customers", request_body = CustomerCreate,
@@ -155,20 +154,18 @@ pub async fn create(
     let company = optional_text("company", body.company.as_deref(), 200)?;
     let notes = optional_text("notes", body.notes.as_deref(), 10_000)?;
     let db = Scoped::begin(&state, auth, Permission::CrmWrite, &headers).await?;
-    let row = db
-        .client()
-        .query_one(
-            &format!("INSERT INTO {TABLE} (name, email, phone, company, notes) VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"),
-            &[&name, &email, &phone, &company, &notes],
+    let customer: Customer = db
+        .insert(
+            Columns::new()
+                .set("name", name)
+                .set("email", email)
+                .set("phone", phone)
+                .set("company", company)
+                .set("notes", notes),
         )
         .await?;
     db.commit().await?;
-    let customer = Customer::from_row(&row);
-    Ok(created(
-        &format!("/api/v1/customers/{}", customer.id),
-        customer.version,
-        Json(customer),
-    ))
+    Ok(made(customer))
 }
 
 #[utoipa::path(get, path = "/api/v1/customers/{id}", tag = "customers", params(("id" = Uuid, Path)),
@@ -180,18 +177,7 @@ pub async fn get(
     headers: HeaderMap,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    get_row(
-        &state,
-        auth,
-        &headers,
-        id,
-        TABLE,
-        COLUMNS,
-        "customer",
-        Customer::from_row,
-        |customer| customer.version,
-    )
-    .await
+    get_row::<Customer>(&state, auth, &headers, id).await
 }
 
 #[utoipa::path(patch, path = "/api/v1/customers/{id}", tag = "customers", params(("id" = Uuid, Path)), request_body = CustomerUpdate,
@@ -215,55 +201,22 @@ pub async fn update(
         .as_ref()
         .map(|e| optional_email(e.as_deref()))
         .transpose()?;
-    let phone = body
-        .phone
-        .as_ref()
-        .map(|p| optional_text("phone", p.as_deref(), 50))
-        .transpose()?;
-    let company = body
-        .company
-        .as_ref()
-        .map(|c| optional_text("company", c.as_deref(), 200))
-        .transpose()?;
-    let notes = body
-        .notes
-        .as_ref()
-        .map(|n| optional_text("notes", n.as_deref(), 10_000))
-        .transpose()?;
-    let db = Scoped::begin(&state, auth, Permission::CrmWrite, &headers).await?;
-    let row = db
-        .client()
-        .query_opt(
-            &format!(
-                "UPDATE {TABLE} SET \
-                   name = coalesce($3, name), \
-                   email = CASE WHEN $4 THEN $5 ELSE email END, \
-                   phone = CASE WHEN $6 THEN $7 ELSE phone END, \
-                   company = CASE WHEN $8 THEN $9 ELSE company END, \
-                   notes = CASE WHEN $10 THEN $11 ELSE notes END \
-                 WHERE id = $1 AND version = $2 RETURNING {COLUMNS}"
-            ),
-            &[
-                &id,
-                &version,
-                &name,
-                &email.is_some(),
-                &email.flatten(),
-                &phone.is_some(),
-                &phone.flatten(),
-                &company.is_some(),
-                &company.flatten(),
-                &notes.is_some(),
-                &notes.flatten(),
-            ],
+    let columns = Columns::new()
+        .change("name", name)
+        .change("email", email)
+        .change("phone", clearable_text("phone", body.phone.as_ref(), 50)?)
+        .change(
+            "company",
+            clearable_text("company", body.company.as_ref(), 200)?,
         )
-        .await?;
-    let Some(row) = row else {
-        return Err(missing_or_stale(&db, TABLE, id, "customer").await);
-    };
+        .change(
+            "notes",
+            clearable_text("notes", body.notes.as_ref(), 10_000)?,
+        );
+    let db = Scoped::begin(&state, auth, Permission::CrmWrite, &headers).await?;
+    let customer: Customer = db.update(id, version, columns).await?;
     db.commit().await?;
-    let customer = Customer::from_row(&row);
-    Ok(with_etag(customer.version, Json(customer)))
+    Ok(found(customer))
 }
 
 #[utoipa::path(post, path = "/api/v1/customers/{id}/archive", tag = "customers", params(("id" = Uuid, Path)),
@@ -275,16 +228,5 @@ pub async fn archive(
     headers: HeaderMap,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    archive_row(
-        &state,
-        auth,
-        &headers,
-        id,
-        TABLE,
-        COLUMNS,
-        "customer",
-        Customer::from_row,
-        |customer| customer.version,
-    )
-    .await
+    archive_row::<Customer>(&state, auth, &headers, id).await
 }

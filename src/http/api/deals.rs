@@ -19,10 +19,8 @@ use uuid::Uuid;
 
 use super::list::ListQuery;
 use super::money::{amount, currency};
-use super::{
-    ApiJson, ApiPath, ApiQuery, Auth, Cursor, Page, Scoped, archive_row, created, get_row,
-    if_match, missing_or_stale, page, text, with_etag,
-};
+use super::resource::{Columns, Resource, archive_row, found, get_row, made};
+use super::{ApiJson, ApiPath, ApiQuery, Auth, Page, Scoped, if_match, text};
 use crate::auth::Permission;
 use crate::http::AppState;
 use crate::http::error::{ApiError, Problem};
@@ -58,7 +56,12 @@ pub struct Deal {
     pub updated_at: OffsetDateTime,
 }
 
-impl Deal {
+impl Resource for Deal {
+    const TABLE: &'static str = TABLE;
+    const COLUMNS: &'static str = COLUMNS;
+    const WHAT: &'static str = "deal";
+    const PATH: &'static str = "/api/v1/deals";
+
     fn from_row(row: &Row) -> Self {
         Self {
             id: row.get(0),
@@ -75,11 +78,16 @@ impl Deal {
         }
     }
 
-    fn cursor(&self) -> Cursor {
-        Cursor {
-            created_at: self.created_at,
-            id: self.id,
-        }
+    fn id(&self) -> Uuid {
+        self.id
+    }
+
+    fn version(&self) -> i32 {
+        self.version
+    }
+
+    fn created_at(&self) -> OffsetDateTime {
+        self.created_at
     }
 }
 
@@ -162,20 +170,11 @@ pub async fn list(
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Page<Deal>>, ApiError> {
-    let limit = super::limit(params.limit)?;
-    let cursor = params
-        .cursor
-        .as_deref()
-        .map(Cursor::decode)
-        .transpose()?
-        .unwrap_or_else(Cursor::start);
-    let query = ListQuery::new(TABLE, COLUMNS, params.archived.unwrap_or(false), cursor)
+    let query = ListQuery::new(params.archived, params.cursor.as_deref())?
         .equals("customer_id", params.customer_id)
         .equals("stage_id", params.stage_id)
         .search(&["title"], params.q.as_deref())?;
-    let rows = query.fetch(&state, auth, &headers, limit).await?;
-    let items = rows.iter().map(Deal::from_row).collect();
-    Ok(Json(page(items, limit, Deal::cursor)))
+    query.page(&state, auth, &headers, params.limit).await
 }
 
 #[utoipa::path(post, path = "/api/v1/deals", tag = "deals", request_body = DealCreate,
@@ -196,30 +195,19 @@ pub async fn create(
         Some(id) => id,
         None => first_open_stage(&db).await?,
     };
-    let row = db
-        .client()
-        .query_one(
-            &format!(
-                "INSERT INTO {TABLE} (customer_id, stage_id, title, amount_minor, currency, expected_close) \
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
-            ),
-            &[
-                &body.customer_id,
-                &stage_id,
-                &title,
-                &amount_minor,
-                &currency,
-                &expected_close,
-            ],
+    let deal: Deal = db
+        .insert(
+            Columns::new()
+                .set("customer_id", body.customer_id)
+                .set("stage_id", stage_id)
+                .set("title", title)
+                .set("amount_minor", amount_minor)
+                .set("currency", currency)
+                .set("expected_close", expected_close),
         )
         .await?;
     db.commit().await?;
-    let deal = Deal::from_row(&row);
-    Ok(created(
-        &format!("/api/v1/deals/{}", deal.id),
-        deal.version,
-        Json(deal),
-    ))
+    Ok(made(deal))
 }
 
 /// Where a new deal starts when the client names no stage. Looked up rather
@@ -250,18 +238,7 @@ pub async fn get(
     headers: HeaderMap,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    get_row(
-        &state,
-        auth,
-        &headers,
-        id,
-        TABLE,
-        COLUMNS,
-        "deal",
-        Deal::from_row,
-        |deal| deal.version,
-    )
-    .await
+    get_row::<Deal>(&state, auth, &headers, id).await
 }
 
 #[utoipa::path(patch, path = "/api/v1/deals/{id}", tag = "deals", params(("id" = Uuid, Path)), request_body = DealUpdate,
@@ -291,37 +268,16 @@ pub async fn update(
         .map(|c| currency("currency", c))
         .transpose()?;
     let expected_close = body.expected_close.map(expected_close).transpose()?;
+    let columns = Columns::new()
+        .change("stage_id", body.stage_id)
+        .change("title", title)
+        .change("amount_minor", amount_minor)
+        .change("currency", currency)
+        .change("expected_close", expected_close);
     let db = Scoped::begin(&state, auth, Permission::CrmWrite, &headers).await?;
-    let row = db
-        .client()
-        .query_opt(
-            &format!(
-                "UPDATE {TABLE} SET \
-                   stage_id = coalesce($3, stage_id), \
-                   title = coalesce($4, title), \
-                   amount_minor = coalesce($5, amount_minor), \
-                   currency = coalesce($6, currency), \
-                   expected_close = CASE WHEN $7 THEN $8 ELSE expected_close END \
-                 WHERE id = $1 AND version = $2 RETURNING {COLUMNS}"
-            ),
-            &[
-                &id,
-                &version,
-                &body.stage_id,
-                &title,
-                &amount_minor,
-                &currency,
-                &expected_close.is_some(),
-                &expected_close.flatten(),
-            ],
-        )
-        .await?;
-    let Some(row) = row else {
-        return Err(missing_or_stale(&db, TABLE, id, "deal").await);
-    };
+    let deal: Deal = db.update(id, version, columns).await?;
     db.commit().await?;
-    let deal = Deal::from_row(&row);
-    Ok(with_etag(deal.version, Json(deal)))
+    Ok(found(deal))
 }
 
 #[utoipa::path(post, path = "/api/v1/deals/{id}/archive", tag = "deals", params(("id" = Uuid, Path)),
@@ -334,18 +290,7 @@ pub async fn archive(
     headers: HeaderMap,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    archive_row(
-        &state,
-        auth,
-        &headers,
-        id,
-        TABLE,
-        COLUMNS,
-        "deal",
-        Deal::from_row,
-        |deal| deal.version,
-    )
-    .await
+    archive_row::<Deal>(&state, auth, &headers, id).await
 }
 
 /// One column of the pipeline board.

@@ -2,45 +2,49 @@
 //! resource shares, built from whichever filters a request gave.
 //!
 //! With up to four optional filters per resource, hand-written queries would
-//! be sixteen per resource, and the catch-all alternative (`$n IS NULL OR col = $n`) defeats the
-//! indexes once PostgreSQL switches a prepared statement to a generic plan.
+//! be sixteen per resource, and the catch-all alternative
+//! (`$n IS NULL OR col = $n`) defeats the indexes once PostgreSQL switches a prepared statement to a generic plan.
 //! So the WHERE clause carries exactly the filters given, and each distinct
 //! shape is prepared once per connection (`prepare_cached`).
 //!
 //! Invariant: only `&'static str` column and table names from our own code
 //! reach the SQL text; every value the client sent is a bind parameter.
 
-use tokio_postgres::Row;
+use std::marker::PhantomData;
+
+use axum::Json;
+use axum::http::HeaderMap;
 use tokio_postgres::types::ToSql;
 
-use axum::http::HeaderMap;
-
-use super::{Auth, Cursor, Scoped, like_pattern, text};
+use super::resource::{Param, Resource};
+use super::{Auth, Cursor, Page, Scoped, like_pattern, text};
 use crate::auth::Permission;
 use crate::http::AppState;
 use crate::http::error::ApiError;
 
-type Param = Box<dyn ToSql + Sync + Send>;
-
-/// One list request: `SELECT columns FROM table WHERE … ORDER BY created_at
-/// DESC, id DESC LIMIT limit + 1` (the extra row says whether a next page exists).
-pub struct ListQuery {
-    table: &'static str,
-    columns: &'static str,
+/// One list request for resource `R`: `SELECT columns FROM table WHERE …
+/// ORDER BY created_at DESC, id DESC LIMIT limit + 1` (the extra row says
+/// whether a next page exists).
+pub struct ListQuery<R> {
     conditions: Vec<String>,
     params: Vec<Param>,
+    resource: PhantomData<fn() -> R>,
 }
 
-impl ListQuery {
-    /// Active (or only archived) rows of `table` older than `cursor`.
-    pub fn new(table: &'static str, columns: &'static str, archived: bool, cursor: Cursor) -> Self {
+impl<R: Resource> ListQuery<R> {
+    /// Active (or only archived) rows older than `cursor` (a `next_cursor`
+    /// this API returned; none: from the newest).
+    pub fn new(archived: Option<bool>, cursor: Option<&str>) -> Result<Self, ApiError> {
+        let cursor = cursor
+            .map(Cursor::decode)
+            .transpose()?
+            .unwrap_or_else(Cursor::start);
         let mut query = Self {
-            table,
-            columns,
             conditions: Vec::new(),
             params: Vec::new(),
+            resource: PhantomData,
         };
-        let archived = query.bind(archived);
+        let archived = query.bind(archived.unwrap_or(false));
         query
             .conditions
             .push(format!("(archived_at IS NOT NULL) = {archived}"));
@@ -48,7 +52,7 @@ impl ListQuery {
         query
             .conditions
             .push(format!("(created_at, id) < ({created_at}, {id})"));
-        query
+        Ok(query)
     }
 
     /// Adds `value` as a parameter and returns its placeholder (`$n`).
@@ -90,30 +94,33 @@ impl ListQuery {
     fn sql(&self, limit_placeholder: &str) -> String {
         format!(
             "SELECT {} FROM {} WHERE {} ORDER BY created_at DESC, id DESC LIMIT {limit_placeholder}",
-            self.columns,
-            self.table,
+            R::COLUMNS,
+            R::TABLE,
             self.conditions.join(" AND ")
         )
     }
 
-    /// Runs the query for one page of `limit` rows, plus one to tell whether
-    /// there is a next page (see [`super::page`]), as one round-trip read
-    /// ([`Scoped::read`]) with the read permission.
-    pub async fn fetch(
+    /// One page of `limit` rows (default and bounds: [`super::limit`]) as
+    /// a one-round-trip read ([`Scoped::read`]) with the read permission,
+    /// fetching one row more to tell whether there is a next page.
+    pub async fn page(
         mut self,
         state: &AppState,
         auth: Auth,
         headers: &HeaderMap,
-        limit: i64,
-    ) -> Result<Vec<Row>, ApiError> {
-        let limit = self.bind(limit + 1);
-        let sql = self.sql(&limit);
+        limit: Option<i64>,
+    ) -> Result<Json<Page<R>>, ApiError> {
+        let limit = super::limit(limit)?;
+        let placeholder = self.bind(limit + 1);
+        let sql = self.sql(&placeholder);
         let params: Vec<&(dyn ToSql + Sync)> = self
             .params
             .iter()
             .map(|p| &**p as &(dyn ToSql + Sync))
             .collect();
-        Scoped::read(state, auth, Permission::CrmRead, headers, &sql, &params).await
+        let rows = Scoped::read(state, auth, Permission::CrmRead, headers, &sql, &params).await?;
+        let items = rows.iter().map(R::from_row).collect();
+        Ok(Json(super::page(items, limit, R::cursor)))
     }
 }
 
@@ -123,13 +130,15 @@ mod tests {
 
     use super::*;
 
+    use crate::http::api::resource::tests::Thing;
+
     #[track_caller]
-    fn check(query: &ListQuery, expected_where: &str, params: usize) {
+    fn check(query: &ListQuery<Thing>, expected_where: &str, params: usize) {
         let sql = query.sql("$99");
         assert_eq!(
             sql,
             format!(
-                "SELECT id FROM t.t WHERE {expected_where} ORDER BY created_at DESC, id DESC LIMIT $99"
+                "SELECT id, version FROM s.things WHERE {expected_where} ORDER BY created_at DESC, id DESC LIMIT $99"
             )
         );
         assert_eq!(query.params.len(), params);
@@ -137,8 +146,8 @@ mod tests {
 
     const BASE: &str = "(archived_at IS NOT NULL) = $1 AND (created_at, id) < ($2, $3)";
 
-    fn base() -> ListQuery {
-        ListQuery::new("t.t", "id", false, Cursor::start())
+    fn base() -> ListQuery<Thing> {
+        ListQuery::new(None, None).expect("the first page")
     }
 
     #[test]

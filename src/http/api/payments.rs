@@ -21,9 +21,10 @@ use uuid::Uuid;
 
 use super::list::ListQuery;
 use super::money::{amount, currency};
+use super::resource::{Columns, Resource, archive_row, found, get_row, made};
 use super::{
-    ApiJson, ApiPath, ApiQuery, Auth, Cursor, Page, Scoped, archive_row, created, double_option,
-    get_row, if_match, missing_or_stale, optional_text, page, text, with_etag,
+    ApiJson, ApiPath, ApiQuery, Auth, Page, Scoped, clearable_text, double_option, if_match,
+    optional_text, text,
 };
 use crate::auth::Permission;
 use crate::http::AppState;
@@ -137,7 +138,12 @@ pub struct Payment {
     pub updated_at: OffsetDateTime,
 }
 
-impl Payment {
+impl Resource for Payment {
+    const TABLE: &'static str = TABLE;
+    const COLUMNS: &'static str = COLUMNS;
+    const WHAT: &'static str = "payment";
+    const PATH: &'static str = "/api/v1/payments";
+
     fn from_row(row: &Row) -> Self {
         let status = PaymentStatus::from_db(row.get(6));
         Self {
@@ -158,11 +164,16 @@ impl Payment {
         }
     }
 
-    fn cursor(&self) -> Cursor {
-        Cursor {
-            created_at: self.created_at,
-            id: self.id,
-        }
+    fn id(&self) -> Uuid {
+        self.id
+    }
+
+    fn version(&self) -> i32 {
+        self.version
+    }
+
+    fn created_at(&self) -> OffsetDateTime {
+        self.created_at
     }
 }
 
@@ -222,20 +233,11 @@ pub async fn list(
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Page<Payment>>, ApiError> {
-    let limit = super::limit(params.limit)?;
-    let cursor = params
-        .cursor
-        .as_deref()
-        .map(Cursor::decode)
-        .transpose()?
-        .unwrap_or_else(Cursor::start);
-    let query = ListQuery::new(TABLE, COLUMNS, params.archived.unwrap_or(false), cursor)
+    let query = ListQuery::new(params.archived, params.cursor.as_deref())?
         .equals("customer_id", params.customer_id)
         .equals("status", params.status.map(PaymentStatus::as_str))
         .search(&["description", "reference"], params.q.as_deref())?;
-    let rows = query.fetch(&state, auth, &headers, limit).await?;
-    let items = rows.iter().map(Payment::from_row).collect();
-    Ok(Json(page(items, limit, Payment::cursor)))
+    query.page(&state, auth, &headers, params.limit).await
 }
 
 #[utoipa::path(post, path = "/api/v1/payments", tag = "payments", request_body = PaymentCreate,
@@ -280,12 +282,7 @@ pub async fn create(
         )
         .await?;
     db.commit().await?;
-    let payment = Payment::from_row(&row);
-    Ok(created(
-        &format!("/api/v1/payments/{}", payment.id),
-        payment.version,
-        Json(payment),
-    ))
+    Ok(made(Payment::from_row(&row)))
 }
 
 #[utoipa::path(get, path = "/api/v1/payments/{id}", tag = "payments", params(("id" = Uuid, Path)),
@@ -297,18 +294,7 @@ pub async fn get(
     headers: HeaderMap,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    get_row(
-        &state,
-        auth,
-        &headers,
-        id,
-        TABLE,
-        COLUMNS,
-        "payment",
-        Payment::from_row,
-        |payment| payment.version,
-    )
-    .await
+    get_row::<Payment>(&state, auth, &headers, id).await
 }
 
 #[utoipa::path(patch, path = "/api/v1/payments/{id}", tag = "payments", params(("id" = Uuid, Path)), request_body = PaymentUpdate,
@@ -329,40 +315,19 @@ pub async fn update(
         .as_deref()
         .map(|d| text("description", d, 1, 500))
         .transpose()?;
-    let reference = body
-        .reference
-        .as_ref()
-        .map(|r| optional_text("reference", r.as_deref(), 200))
-        .transpose()?;
+    let columns = Columns::new()
+        .change("description", description)
+        .change(
+            "reference",
+            clearable_text("reference", body.reference.as_ref(), 200)?,
+        )
+        .change("status", body.status.map(PaymentStatus::as_str));
     let db = Scoped::begin(&state, auth, Permission::CrmWrite, &headers).await?;
     // A refused transition raises in the trigger, which `ApiError` maps to
     // 409 with the trigger's own words ("cannot change from paid to pending").
-    let row = db
-        .client()
-        .query_opt(
-            &format!(
-                "UPDATE {TABLE} SET \
-                   description = coalesce($3, description), \
-                   reference = CASE WHEN $4 THEN $5 ELSE reference END, \
-                   status = coalesce($6, status) \
-                 WHERE id = $1 AND version = $2 RETURNING {COLUMNS}"
-            ),
-            &[
-                &id,
-                &version,
-                &description,
-                &reference.is_some(),
-                &reference.flatten(),
-                &body.status.map(PaymentStatus::as_str),
-            ],
-        )
-        .await?;
-    let Some(row) = row else {
-        return Err(missing_or_stale(&db, TABLE, id, "payment").await);
-    };
+    let payment: Payment = db.update(id, version, columns).await?;
     db.commit().await?;
-    let payment = Payment::from_row(&row);
-    Ok(with_etag(payment.version, Json(payment)))
+    Ok(found(payment))
 }
 
 #[utoipa::path(post, path = "/api/v1/payments/{id}/archive", tag = "payments", params(("id" = Uuid, Path)),
@@ -375,18 +340,7 @@ pub async fn archive(
     headers: HeaderMap,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    archive_row(
-        &state,
-        auth,
-        &headers,
-        id,
-        TABLE,
-        COLUMNS,
-        "payment",
-        Payment::from_row,
-        |payment| payment.version,
-    )
-    .await
+    archive_row::<Payment>(&state, auth, &headers, id).await
 }
 
 #[cfg(test)]

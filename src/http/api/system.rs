@@ -139,8 +139,12 @@ pub struct Resources {
     /// Samples every 5 s over the last hour, oldest first.
     #[schema(value_type = Vec<Object>)]
     pub samples: Vec<crate::telemetry::Sample>,
-    /// The budget the samples are measured against.
+    /// The budget the samples are measured against (`[limits]`; cores 0 =
+    /// no CPU limit).
+    pub memory_bytes: u64,
+    pub cpu_cores: f64,
     pub postgres_memory_bytes: u64,
+    pub postgres_cpu_cores: f64,
     pub disk_reserve_bytes: u64,
     pub max_connections: u32,
 }
@@ -160,7 +164,10 @@ pub async fn resources(
     let limits = &state.api.limits;
     Ok(Json(Resources {
         samples: state.api.samples.all(),
+        memory_bytes: limits.memory.as_u64(),
+        cpu_cores: limits.cpu,
         postgres_memory_bytes: limits.postgres_memory.as_u64(),
+        postgres_cpu_cores: limits.postgres_cpu,
         disk_reserve_bytes: limits.disk_reserve.as_u64(),
         max_connections: limits.max_connections,
     }))
