@@ -65,7 +65,10 @@
 //!   last hour of daemon and postgres memory/CPU and disk free).
 //! - [`http`]: the axum router and server; `http::api::*` one module per
 //!   resource, all through `http::api::Scoped` (the tenant-scoped
-//!   transaction) and `http::error::ApiError` (problem+json); `http::edge`
+//!   transaction; `Scoped::read` sends a whole read in one round trip) and
+//!   `http::error::ApiError` (problem+json); the five CRM resources share
+//!   list/get/insert/update/archive through `http::api::resource::Resource`
+//!   and `http::api::list::ListQuery`; `http::edge`
 //!   is the proxy layer; `http::server` the accept loop over already-bound
 //!   sockets (plain or TLS, header read timeout, drain); `http::tls` the
 //!   rustls setup and the reloadable certificate; `http::assets` serves the
