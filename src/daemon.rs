@@ -352,6 +352,16 @@ async fn start_serving(
         limits: config.limits.clone(),
         status: Some(control_tx.clone()),
     });
+    if access.external().is_some() {
+        tokio::spawn(follow_signing_keys(
+            access.clone(),
+            database.clone(),
+            paths.secrets_dir(),
+            config.auth.access_token_ttl,
+            api.clone(),
+            stop_database.clone(),
+        ));
+    }
     let edge = http::edge::Edge::new(&config.server);
     let metrics = metrics_endpoint(
         config,
@@ -1073,8 +1083,8 @@ async fn share_signing_keys(
     Ok(())
 }
 
-/// After a key rotation on an external database: the other instances get
-/// the new keys at their next start (README "External database").
+/// After a key rotation on an external database: the other instances pick
+/// the new keys up within [`KEY_FOLLOW_INTERVAL`] ([`follow_signing_keys`]).
 async fn publish_signing_keys(access: &Access, secrets_dir: &std::path::Path) {
     let database = access.app_database("");
     let result = async {
@@ -1093,6 +1103,55 @@ async fn publish_signing_keys(access: &Access, secrets_dir: &std::path::Path) {
     .await;
     if let Err(err) = result {
         warn!(error = %err, "the rotated signing key could not be shared; other instances will not verify its tokens");
+    }
+}
+
+/// How often an instance on an external database looks for signing keys
+/// rotated by another instance.
+const KEY_FOLLOW_INTERVAL: Duration = Duration::from_secs(5);
+
+/// External database: follows the shared signing keys, so that a key rotated
+/// on one instance (`auth rotate-key`) is used to verify tokens on every
+/// instance within seconds, not after their next restart.
+async fn follow_signing_keys(
+    access: Access,
+    database: String,
+    secrets_dir: std::path::PathBuf,
+    ttl: Duration,
+    api: Arc<http::ApiState>,
+    stop: CancellationToken,
+) {
+    let path = secrets_dir.join(auth::keys::FILE);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(KEY_FOLLOW_INTERVAL) => {}
+            () = stop.cancelled() => return,
+        }
+        // The liveness monitor reports an unreachable server; nothing to add here.
+        let Ok((client, conn)) = access.connect(&database).await else {
+            continue;
+        };
+        let shared = database::shared::fetch(&client, auth::keys::FILE).await;
+        drop(client);
+        let _ = conn.await;
+        let Ok(Some(shared)) = shared else { continue };
+        if std::fs::read_to_string(&path).is_ok_and(|local| local == shared) {
+            continue;
+        }
+        let loaded = fsutil::write_atomic(&path, shared.as_bytes(), 0o600)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| {
+                SigningKeys::load_or_create(&secrets_dir, ttl, None).map_err(anyhow::Error::from)
+            });
+        match loaded {
+            Ok(keys) => {
+                *api.keys.write().expect("keys lock is never poisoned") = keys;
+                info!("the token signing keys were rotated by another instance; using them");
+            }
+            Err(err) => {
+                warn!(error = %format!("{err:#}"), "the shared token signing keys could not be loaded");
+            }
+        }
     }
 }
 

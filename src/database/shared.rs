@@ -81,6 +81,18 @@ pub async fn publish(client: &Client, name: &str, path: &Path) -> Result<(), Err
     Ok(())
 }
 
+/// The shared copy of `name`, if there is one.
+pub async fn fetch(client: &Client, name: &str) -> Result<Option<String>, Error> {
+    let row = client
+        .query_opt(
+            "SELECT content FROM ops.shared_files WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .map_err(db("reading a shared file"))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
 fn io(path: &Path, err: &std::io::Error) -> Error {
     Error::Shared {
         path: path.to_path_buf(),

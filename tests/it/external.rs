@@ -351,6 +351,28 @@ fn two_instances_share_one_external_database() {
     );
     assert_eq!(code, 401);
 
+    // A key rotated on A: tokens A signs with it are accepted by B within
+    // seconds, without a restart (B follows the shared keys).
+    ok_stdout(&data_a.cli(&["auth", "rotate-key"]));
+    let (rotated, _) = login(&a, "ana@x.org", "correct horse battery staple");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let res = client()
+            .get(format!("{b}/api/v1/customers?limit=5"))
+            .bearer_auth(&rotated)
+            .send()
+            .expect("list");
+        if res.status().as_u16() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B still refuses A's token signed with the rotated key: {}",
+            res.status()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     // status describes the external server; exactly one instance leads.
     let (sa, sb) = (status(&data_a), status(&data_b));
     for s in [&sa, &sb] {
