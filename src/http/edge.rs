@@ -442,6 +442,11 @@ mod tests {
             .layer(axum::middleware::from_fn_with_state(edge, super::edge))
     }
 
+    /// The status `app` answers `req` with.
+    async fn status_of(app: &Router, req: Request) -> axum::http::StatusCode {
+        app.clone().oneshot(req).await.expect("res").status()
+    }
+
     fn request(path: &str, from: [u8; 4], headers: &[(&str, &str)]) -> Request {
         let mut req = Request::get(path).body(Body::empty()).expect("request");
         req.extensions_mut()
@@ -565,31 +570,13 @@ mod tests {
                 &[("x-forwarded-for", client)],
             )
         };
+        assert_eq!(status_of(&app, via_proxy("203.0.113.1")).await, 200);
         assert_eq!(
-            app.clone()
-                .oneshot(via_proxy("203.0.113.1"))
-                .await
-                .expect("res")
-                .status(),
-            200
-        );
-        assert_eq!(
-            app.clone()
-                .oneshot(via_proxy("203.0.113.2"))
-                .await
-                .expect("res")
-                .status(),
+            status_of(&app, via_proxy("203.0.113.2")).await,
             200,
             "a different client behind the proxy"
         );
-        assert_eq!(
-            app.clone()
-                .oneshot(via_proxy("203.0.113.1"))
-                .await
-                .expect("res")
-                .status(),
-            429
-        );
+        assert_eq!(status_of(&app, via_proxy("203.0.113.1")).await, 429);
         // From an untrusted peer the header is ignored: the peer is the client.
         let spoof = |client: &str| {
             request(
@@ -598,20 +585,9 @@ mod tests {
                 &[("x-forwarded-for", client)],
             )
         };
+        assert_eq!(status_of(&app, spoof("198.51.100.1")).await, 200);
         assert_eq!(
-            app.clone()
-                .oneshot(spoof("198.51.100.1"))
-                .await
-                .expect("res")
-                .status(),
-            200
-        );
-        assert_eq!(
-            app.clone()
-                .oneshot(spoof("198.51.100.2"))
-                .await
-                .expect("res")
-                .status(),
+            status_of(&app, spoof("198.51.100.2")).await,
             429,
             "spoofing does not buy a new budget"
         );
