@@ -50,7 +50,8 @@
 //!   the API pool (`SET ROLE` when external), TLS; `database::monitor`
 //!   (external liveness), `database::leader` (the advisory-lock lease for
 //!   jobs that must run once), `database::shared` (signing keys shared
-//!   through the database).
+//!   through the database; `daemon` polls them so a rotation on one
+//!   instance reaches all).
 //! - [`migrate`]: embedded SQL migrations under an advisory lock.
 //! - [`backup`]: snapshot-consistent dumps through zstd (and age), verified,
 //!   with manifests, retention, drills and restore; `backup::schedule` for
