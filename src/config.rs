@@ -38,6 +38,7 @@ pub struct Config {
     pub logging: LogConfig,
     pub auth: AuthConfig,
     pub backup: BackupConfig,
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -256,6 +257,38 @@ impl Default for BackupConfig {
     }
 }
 
+/// How long the audit log is kept. Pruning is a job that runs once across
+/// instances (the leader's), as the tables' owner.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Audit rows older than this many days are deleted; 0 = kept forever.
+    pub keep_days: u32,
+    /// When to prune: a 5-field cron expression in local time ("" = never).
+    pub prune_schedule: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            keep_days: 365,
+            prune_schedule: "15 4 * * *".into(),
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The schedule pruning actually follows: none when rows are kept forever.
+    #[must_use]
+    pub fn effective_schedule(&self) -> &str {
+        if self.keep_days == 0 {
+            ""
+        } else {
+            &self.prune_schedule
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
@@ -306,6 +339,7 @@ impl Default for Config {
             logging: LogConfig::default(),
             auth: AuthConfig::default(),
             backup: BackupConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -755,6 +789,7 @@ impl Config {
         for (key, cron) in [
             ("backup.schedule", &self.backup.schedule),
             ("backup.drill", &self.backup.drill),
+            ("audit.prune_schedule", &self.audit.prune_schedule),
         ] {
             if !cron.trim().is_empty()
                 && let Err(err) = cron.parse::<croner::Cron>()
@@ -1130,6 +1165,18 @@ mod tests {
         );
         Config::from_toml("[backup]\nschedule = \"\"\ndrill = \"\"")
             .expect("empty schedules mean never");
+    }
+
+    #[test]
+    fn audit_settings_are_checked() {
+        check_invalid(
+            "[audit]\nprune_schedule = \"daily\"",
+            "audit.prune_schedule: \"daily\" is not a cron expression",
+        );
+        check_invalid("[audit]\nkeep_days = -1", "audit.keep_days");
+        let forever = Config::from_toml("[audit]\nkeep_days = 0").expect("0 = forever");
+        assert_eq!(forever.audit.effective_schedule(), "");
+        assert_eq!(Config::default().audit.effective_schedule(), "15 4 * * *");
     }
 
     #[test]

@@ -39,6 +39,8 @@ use crate::postgres::{self, Cluster, State};
 use crate::secrets::SecretFile;
 use crate::{crm, demo, fsutil, http, logging, migrate, supervisor, systemd, telemetry};
 
+mod led;
+
 /// Where the application role's password is kept, under `Paths::secrets_dir`.
 pub const APP_SECRET: &str = "postgres-app.password";
 
@@ -50,9 +52,14 @@ enum Event {
     PostgresFinished(Result<(), postgres::Error>),
     PostgresChanged(postgres::Status),
     Control(Request, oneshot::Sender<Result<serde_json::Value, String>>),
-    /// The backup schedule (or a missed run at start) says: back up now.
+    /// The backup schedule says: back up now.
     BackupDue,
     DrillDue,
+    /// The audit pruning schedule says: prune now.
+    AuditDue,
+    /// This instance became the one that runs the jobs that must run once
+    /// (at start when embedded): it catches up the runs that were missed.
+    Leading,
     /// Time to tell systemd's watchdog the event loop and supervision live.
     Watchdog,
     Reload,
@@ -222,6 +229,7 @@ struct Serving {
     backups: Arc<Backups>,
     backup_due: mpsc::Receiver<()>,
     drill_due: mpsc::Receiver<()>,
+    audit_due: mpsc::Receiver<()>,
     stop_schedules: CancellationToken,
     postgres_up: watch::Sender<bool>,
     /// Whether this instance runs the jobs that must run once (always, embedded).
@@ -287,7 +295,11 @@ async fn start_serving(
         ));
         stats
     });
-    let leader = database::leader::spawn(access.clone(), database.clone(), stop_database.clone());
+    let mut leader =
+        database::leader::spawn(access.clone(), database.clone(), stop_database.clone());
+    // The event loop catches up missed runs when this instance starts
+    // leading; embedded, it leads from the start, which counts as a change.
+    leader.mark_changed();
     let health = Health::new(
         up_rx,
         paths.data_dir().to_path_buf(),
@@ -306,16 +318,11 @@ async fn start_serving(
     ));
     let backup_due = schedule(&config.backup.schedule, "backup.schedule", &stop_schedules)?;
     let drill_due = schedule(&config.backup.drill, "backup.drill", &stop_schedules)?;
-    if let Some(schedule) = Schedule::parse(&config.backup.schedule)? {
-        let last = backups.history().last_success.map(|m| m.created_at);
-        let last = last.and_then(|t| chrono::DateTime::from_timestamp(t.unix_timestamp(), 0));
-        // External: only the leader catches up, and leadership is decided
-        // a moment after start; the next scheduled run is the leader's.
-        if access.external().is_none() && schedule.missed(last, &chrono::Local::now()) {
-            info!("a scheduled backup was missed (or none exists yet); catching up now");
-            spawn_backup(&backups, None);
-        }
-    }
+    let audit_due = schedule(
+        config.audit.effective_schedule(),
+        "audit.prune_schedule",
+        &stop_schedules,
+    )?;
 
     let certs = certificates(&config.server, paths)?;
     let listeners = bind(&config.server.listen, "server.listen")?;
@@ -419,6 +426,7 @@ async fn start_serving(
         backups,
         backup_due,
         drill_due,
+        audit_due,
         stop_schedules,
         postgres_up,
         leader,
@@ -508,7 +516,7 @@ impl Serving {
             .collect()
     }
 
-    /// Replaces the backup and drill tickers after a config reload.
+    /// Replaces the backup, drill and audit tickers after a config reload.
     fn restart_schedules(&mut self, config: &Config) {
         self.stop_schedules.cancel();
         self.stop_schedules = CancellationToken::new();
@@ -519,14 +527,20 @@ impl Serving {
                 &self.stop_schedules,
             ),
             schedule(&config.backup.drill, "backup.drill", &self.stop_schedules),
+            schedule(
+                config.audit.effective_schedule(),
+                "audit.prune_schedule",
+                &self.stop_schedules,
+            ),
         );
         match tickers {
-            (Ok(backup), Ok(drill)) => {
+            (Ok(backup), Ok(drill), Ok(audit)) => {
                 self.backup_due = backup;
                 self.drill_due = drill;
+                self.audit_due = audit;
             }
-            // Validation parsed both already; keep the old ones if not.
-            (Err(err), _) | (_, Err(err)) => {
+            // Validation parsed them already; keep the old ones if not.
+            (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => {
                 warn!(error = %err, "cannot restart the backup schedules");
             }
         }
@@ -747,6 +761,7 @@ fn is_live(key: &str, tls_on: bool) -> bool {
             | "server.max_body"
     ) || (tls_on && matches!(key, "server.tls_cert" | "server.tls_key"))
         || (key.starts_with("backup.") && key != "backup.directory")
+        || key.starts_with("audit.")
 }
 
 impl Reloader {
@@ -799,6 +814,11 @@ impl Reloader {
         }
         if live.iter().any(|k| k.starts_with("backup.")) {
             serving.backups.set_config(&new.config.backup);
+        }
+        if live
+            .iter()
+            .any(|k| k.starts_with("backup.") || k.starts_with("audit."))
+        {
             serving.restart_schedules(&new.config);
         }
         if live.iter().any(|k| k.starts_with("server.tls_"))
@@ -875,6 +895,8 @@ async fn event_loop(
             Some((request, reply)) = serving.control.recv() => Event::Control(request, reply),
             Some(()) = serving.backup_due.recv() => Event::BackupDue,
             Some(()) = serving.drill_due.recv() => Event::DrillDue,
+            Some(()) = serving.audit_due.recv() => Event::AuditDue,
+            Ok(()) = serving.leader.changed() => if *serving.leader.borrow_and_update() { Event::Leading } else { continue },
             Some(()) = config_changed.recv() => Event::Reload,
             Some(()) = serving.cert_changed.recv() => Event::CertificatesChanged,
             _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => Event::Watchdog,
@@ -943,6 +965,19 @@ async fn event_loop(
                 tokio::spawn(async move {
                     let _ = backups.drill().await;
                 });
+            }
+            Event::Leading => {
+                led::catch_up(context.access, &serving.backups, &reloader.current.config);
+            }
+            Event::AuditDue if !*serving.leader.borrow() => {
+                info!("scheduled audit pruning left to the leading instance");
+            }
+            Event::AuditDue => {
+                let access = context.access.clone();
+                let config = &reloader.current.config;
+                let database = access.app_database(&config.database.name);
+                let keep_days = config.audit.keep_days;
+                tokio::spawn(async move { led::prune_audit(&access, &database, keep_days).await });
             }
             Event::Reload => reloader.reload(serving),
             Event::CertificatesChanged => reload_certificates(serving.certs.as_deref()),
@@ -1157,10 +1192,7 @@ async fn follow_signing_keys(
 
 /// The OS account generated files belong to: the embedded postgres's.
 fn owner(access: &Access) -> Option<(nix::unistd::Uid, nix::unistd::Gid)> {
-    match access {
-        Access::Embedded(cluster) => cluster.account().map(|a| (a.uid, a.gid)),
-        Access::External(_) => None,
-    }
+    access.owner()
 }
 
 /// `[database] url`: connection settings and TLS, plus the client tools
@@ -1171,17 +1203,13 @@ async fn external_database(config: &Config, paths: &Paths, url: &str) -> Result<
     let run_dir = paths.run_dir();
     fsutil::ensure_dir(&run_dir, 0o700)
         .with_context(|| format!("creating {}", run_dir.display()))?;
-    let mut find = config.database.clone();
-    find.download = false;
-    let client_bin_dir = match postgres::binaries::locate(&find, &paths.pg_installs()).await {
-        Ok(binaries) => Some(binaries.bin_dir),
-        Err(err) => {
-            warn!(error = %format!("{err:#}"), "no PostgreSQL client tools found; backups will fail until [database] bin_dir names them");
-            None
-        }
-    };
-    let external = database::External::new(&config.database, url, client_bin_dir)
-        .context("configuring the external database ([database] url)")?;
+    let (external, missing) =
+        database::External::with_client_tools(&config.database, url, &paths.pg_installs())
+            .await
+            .context("configuring the external database ([database] url)")?;
+    if let Some(err) = missing {
+        warn!(error = %format!("{:#}", anyhow::Error::from(err)), "no PostgreSQL client tools found; backups will fail until [database] bin_dir names them");
+    }
     info!(
         server = external.display(),
         sslmode = config.database.sslmode.as_str(),

@@ -175,10 +175,23 @@ impl Backups {
             }
         }
         drop(history);
-        if result.is_ok()
-            && let Err(err) = self.store().prune(OffsetDateTime::now_utc())
-        {
-            warn!(error = %err, "retention failed");
+        if let Ok(manifest) = &result {
+            if let Err(err) = self.store().prune(OffsetDateTime::now_utc()) {
+                warn!(error = %err, "retention failed");
+            }
+            // What a new leader reads to know whether a scheduled run was
+            // missed; a failure here costs at most one extra backup.
+            if let Err(err) = crate::database::jobs::record_success(
+                &self.access,
+                &self.database,
+                crate::database::jobs::BACKUP,
+                manifest.created_at,
+                &manifest.name,
+            )
+            .await
+            {
+                warn!(error = ?err, "could not record the backup in ops.job_runs");
+            }
         }
         result
     }

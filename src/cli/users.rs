@@ -19,7 +19,7 @@ pub async fn add_tenant(loaded: Loaded, name: String) -> Result<ExitCode> {
     super::init_cli_logging(&loaded);
     let session = Session::open(&loaded).await?;
     let result = async {
-        let (mut client, conn) = connect(&loaded, &session).await?;
+        let (mut client, conn) = session.connect().await?;
         let id = crm::create_tenant(&mut client, &name).await?;
         drop(client);
         let _ = conn.await;
@@ -43,7 +43,7 @@ pub async fn add_user(
     let hash = auth::hash_password(password).await?;
     let session = Session::open(&loaded).await?;
     let result = async {
-        let (client, conn) = connect(&loaded, &session).await?;
+        let (client, conn) = session.connect().await?;
         let id = crm::create_user(
             &client,
             &tenant,
@@ -72,7 +72,7 @@ pub async fn reset_password(loaded: Loaded, email: String) -> Result<ExitCode> {
     let hash = auth::hash_password(password).await?;
     let session = Session::open(&loaded).await?;
     let result = async {
-        let (client, conn) = connect(&loaded, &session).await?;
+        let (client, conn) = session.connect().await?;
         crm::reset_password(&client, &email, &hash).await?;
         drop(client);
         let _ = conn.await;
@@ -82,23 +82,6 @@ pub async fn reset_password(loaded: Loaded, email: String) -> Result<ExitCode> {
     .await;
     session.close().await?;
     result
-}
-
-async fn connect(
-    loaded: &Loaded,
-    session: &Session,
-) -> Result<(
-    tokio_postgres::Client,
-    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
-)> {
-    let name = &loaded.config.database.name;
-    let (client, connection) = session
-        .cluster
-        .superuser_config(name)
-        .connect(tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("connecting to database {name}"))?;
-    Ok((client, tokio::spawn(connection)))
 }
 
 fn read_password(prompt: &str) -> Result<String> {

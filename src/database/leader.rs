@@ -70,7 +70,7 @@ async fn run(
         };
         if now_leading != was_leading {
             if now_leading {
-                info!("this instance now leads scheduled backups and drills");
+                info!("this instance now leads the scheduled jobs (backups, drills, audit pruning)");
             } else {
                 info!("this instance no longer leads scheduled jobs");
             }
