@@ -166,15 +166,16 @@ impl Backups {
     ) -> Result<Manifest, Error> {
         let result =
             super::create(&self.target(), &self.store(), label, &self.abort, progress).await;
-        let mut history = self.history.lock().expect("history lock");
-        match &result {
-            Ok(manifest) => history.last_success = Some(manifest.clone()),
-            Err(err) => {
-                error!(error = %err, "backup failed");
-                history.last_failure = Some((OffsetDateTime::now_utc(), err.to_string()));
+        {
+            let mut history = self.history.lock().expect("history lock");
+            match &result {
+                Ok(manifest) => history.last_success = Some(manifest.clone()),
+                Err(err) => {
+                    error!(error = %err, "backup failed");
+                    history.last_failure = Some((OffsetDateTime::now_utc(), err.to_string()));
+                }
             }
         }
-        drop(history);
         if let Ok(manifest) = &result {
             if let Err(err) = self.store().prune(OffsetDateTime::now_utc()) {
                 warn!(error = %err, "retention failed");

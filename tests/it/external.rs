@@ -652,7 +652,12 @@ fn external_env(pg: &ExternalPg) -> Vec<(&'static str, String)> {
 }
 
 /// Runs a CLI command on `data` against `pg`, with `stdin` as its input.
-fn cli_external(pg: &ExternalPg, data: &DataDir, args: &[&str], stdin: &str) -> std::process::Output {
+fn cli_external(
+    pg: &ExternalPg,
+    data: &DataDir,
+    args: &[&str],
+    stdin: &str,
+) -> std::process::Output {
     use std::io::Write as _;
     let mut child = Command::new(crate::support::BIN)
         .arg("--data-dir")
@@ -709,7 +714,13 @@ fn a_missed_backup_is_caught_up_once_by_whoever_leads() {
     wait_until(
         "the leader catches up the missed backup",
         Duration::from_secs(60),
-        || backups(leader_data).len() == 1 && count(&pg, "SELECT count(*) FROM ops.job_runs WHERE job = 'backup'") == 1,
+        || {
+            backups(leader_data).len() == 1
+                && count(
+                    &pg,
+                    "SELECT count(*) FROM ops.job_runs WHERE job = 'backup'",
+                ) == 1
+        },
         || leader.log(),
     );
     assert!(leader.log().contains("catching up now"), "{}", leader.log());
@@ -763,7 +774,11 @@ fn old_audit_rows_are_pruned_by_the_leader_alone() {
     a.wait_ready(Duration::from_secs(90));
     let mut b = spawn_instance(&pg, &data_b, false, &env);
     b.wait_ready(Duration::from_secs(90));
-    let (leader, follower) = if leading(&data_a, &data_b) { (a, b) } else { (b, a) };
+    let (leader, follower) = if leading(&data_a, &data_b) {
+        (a, b)
+    } else {
+        (b, a)
+    };
 
     let real = count(&pg, "SELECT count(*) FROM audit.events");
     assert!(real > 0, "the first owner's creation is audited");
@@ -782,32 +797,56 @@ fn old_audit_rows_are_pruned_by_the_leader_alone() {
     wait_until(
         "rows older than keep_days are pruned",
         Duration::from_secs(60),
-        || count(&pg, "SELECT count(*) FROM audit.events WHERE entity = 'test.old'") == 0,
+        || {
+            count(
+                &pg,
+                "SELECT count(*) FROM audit.events WHERE entity = 'test.old'",
+            ) == 0
+        },
         || leader.log(),
     );
     assert_eq!(
-        count(&pg, "SELECT count(*) FROM audit.events WHERE entity = 'test.recent'"),
+        count(
+            &pg,
+            "SELECT count(*) FROM audit.events WHERE entity = 'test.recent'"
+        ),
         3
     );
     assert_eq!(
-        count(&pg, "SELECT count(*) FROM audit.events WHERE entity NOT LIKE 'test.%'"),
+        count(
+            &pg,
+            "SELECT count(*) FROM audit.events WHERE entity NOT LIKE 'test.%'"
+        ),
         real
     );
     // One instance pruned (and said how many rows went); the other left it.
     assert!(
-        leader.log().contains("audit log pruned: 7 rows older than 30 days deleted"),
+        leader
+            .log()
+            .contains("audit log pruned: 7 rows older than 30 days deleted"),
         "{}",
         leader.log()
     );
     wait_until(
         "the follower leaves pruning to the leader",
         Duration::from_secs(30),
-        || follower.log().contains("scheduled audit pruning left to the leading instance"),
+        || {
+            follower
+                .log()
+                .contains("scheduled audit pruning left to the leading instance")
+        },
         || follower.log(),
     );
-    assert!(!follower.log().contains("audit log pruned"), "{}", follower.log());
+    assert!(
+        !follower.log().contains("audit log pruned"),
+        "{}",
+        follower.log()
+    );
     assert_eq!(
-        count(&pg, "SELECT count(*) FROM ops.job_runs WHERE job = 'audit_prune'"),
+        count(
+            &pg,
+            "SELECT count(*) FROM ops.job_runs WHERE job = 'audit_prune'"
+        ),
         1
     );
 
@@ -837,7 +876,10 @@ fn offline_cli_commands_work_on_the_external_database() {
     let text = ok_stdout(&out);
     assert!(text.contains("V4") && !text.contains("pending"), "{text}");
     assert!(!data.pgdata().exists());
-    let versions = pg.admin_sql("crm", "SELECT string_agg(version::text, ',' ORDER BY version) FROM refinery_schema_history");
+    let versions = pg.admin_sql(
+        "crm",
+        "SELECT string_agg(version::text, ',' ORDER BY version) FROM refinery_schema_history",
+    );
     assert_eq!(versions, "1,2,3,4");
 
     // V4 is idempotent where ops.shared_files was made at run time (before
@@ -851,7 +893,10 @@ fn offline_cli_commands_work_on_the_external_database() {
     assert!(status_text.contains("1 pending"), "{status_text}");
     ok_stdout(&cli_external(&pg, &data, &["migrate"], ""));
     assert_eq!(
-        pg.admin_sql("crm", "SELECT content FROM ops.shared_files WHERE name = 'kept'"),
+        pg.admin_sql(
+            "crm",
+            "SELECT content FROM ops.shared_files WHERE name = 'kept'"
+        ),
         "x"
     );
     let status_text = ok_stdout(&cli_external(&pg, &data, &["migrate", "--status"], ""));
@@ -863,7 +908,16 @@ fn offline_cli_commands_work_on_the_external_database() {
     let out = ok_stdout(&cli_external(
         &pg,
         &data,
-        &["user", "add", "--tenant", "acme", "--email", "bo@acme.org", "--role", "admin"],
+        &[
+            "user",
+            "add",
+            "--tenant",
+            "acme",
+            "--email",
+            "bo@acme.org",
+            "--role",
+            "admin",
+        ],
         "first password here\n",
     ));
     assert!(out.contains("bo@acme.org"), "{out}");
@@ -881,7 +935,15 @@ fn offline_cli_commands_work_on_the_external_database() {
     let out = ok_stdout(&cli_external(
         &pg,
         &data,
-        &["psql", "--", "-X", "-A", "-t", "-c", "SELECT current_user || ' ' || current_database()"],
+        &[
+            "psql",
+            "--",
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "SELECT current_user || ' ' || current_database()",
+        ],
         "",
     ));
     assert_eq!(out.trim(), "pd crm");
