@@ -596,6 +596,45 @@ fn tls_verify_full_checks_the_servers_certificate() {
     ok_stdout(&out);
     assert!(daemon.stop().success());
 
+    // require and prefer: encrypted, without checking the certificate (no
+    // CA given); libpq (psql) too.
+    for mode in ["require", "prefer"] {
+        let dir = DataDir::new();
+        let mut daemon =
+            spawn_instance(&pg, &dir, false, &[("PAGODIRECTO_DATABASE__SSLMODE", mode)]);
+        daemon.wait_ready(Duration::from_secs(90));
+        login(
+            &base(&daemon),
+            "owner@pagodirecto.local",
+            &first_owner_password(&data),
+        );
+        assert_eq!(
+            pg.admin_sql(
+                "crm",
+                "SELECT bool_and(ssl) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE usename = 'pd'"
+            ),
+            "t",
+            "{mode}"
+        );
+        let out = cli_external_env(
+            &pg,
+            &dir,
+            &[
+                "psql",
+                "--",
+                "-X",
+                "-A",
+                "-t",
+                "-c",
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            ],
+            "",
+            &[("PAGODIRECTO_DATABASE__SSLMODE", mode)],
+        );
+        assert_eq!(ok_stdout(&out).trim(), "t", "{mode}");
+        assert!(daemon.stop().success());
+    }
+
     // Another CA: the start fails and says why.
     let other = DataDir::new();
     let wrong = other.path().join("other-ca.pem");
@@ -658,12 +697,24 @@ fn cli_external(
     args: &[&str],
     stdin: &str,
 ) -> std::process::Output {
+    cli_external_env(pg, data, args, stdin, &[])
+}
+
+/// [`cli_external`] with `extra` environment variables.
+fn cli_external_env(
+    pg: &ExternalPg,
+    data: &DataDir,
+    args: &[&str],
+    stdin: &str,
+    extra: &[(&str, &str)],
+) -> std::process::Output {
     use std::io::Write as _;
     let mut child = Command::new(crate::support::BIN)
         .arg("--data-dir")
         .arg(data.path())
         .args(args)
         .envs(external_env(pg))
+        .envs(extra.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -923,6 +974,22 @@ fn offline_cli_commands_work_on_the_external_database() {
     assert!(out.contains("bo@acme.org"), "{out}");
     let (_, daemon) = instance(&pg, false);
     login(&base(&daemon), "bo@acme.org", "first password here");
+
+    // sslmode = require against a server without TLS: refused, saying why.
+    let out = cli_external_env(
+        &pg,
+        &data,
+        &["migrate", "--status"],
+        "",
+        &[("PAGODIRECTO_DATABASE__SSLMODE", "require")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("TLS")
+            && err.contains(&format!("127.0.0.1:{}/crm", pg.port)),
+        "{err}"
+    );
 
     // With an instance running too: reset-password and psql reach the server.
     ok_stdout(&cli_external(
