@@ -582,6 +582,8 @@ fn tls_verify_full_checks_the_servers_certificate() {
         &[
             ("PAGODIRECTO_DATABASE__SSLMODE", "verify-full"),
             ("PAGODIRECTO_DATABASE__CA_FILE", &cert),
+            // No scheduled (or caught-up) backup racing the one asked for.
+            ("PAGODIRECTO_BACKUP__SCHEDULE", ""),
         ],
     );
     daemon.wait_ready(Duration::from_secs(90));
