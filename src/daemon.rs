@@ -1093,7 +1093,7 @@ pub(crate) async fn bootstrap(access: &Access, config: &Config, app_password: &s
 /// Several instances on one external database must verify each other's
 /// tokens: the signing keys are shared through the database (see
 /// [`database::shared`]).
-async fn share_signing_keys(
+pub(crate) async fn share_signing_keys(
     access: &Access,
     database: &str,
     paths: &Paths,

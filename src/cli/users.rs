@@ -116,6 +116,9 @@ pub async fn rotate_key(loaded: Loaded) -> Result<ExitCode> {
     let socket = loaded.config.paths().control_socket();
     match crate::control::call(&socket, &crate::control::Request::RotateKey).await {
         Ok(_) => {}
+        Err(crate::control::Error::NotRunning { .. }) if loaded.config.database.url.is_some() => {
+            rotate_shared_key(&loaded).await?;
+        }
         Err(crate::control::Error::NotRunning { .. }) => {
             let owner =
                 crate::postgres::account::resolve(loaded.config.database.os_user.as_deref())?
@@ -132,4 +135,30 @@ pub async fn rotate_key(loaded: Loaded) -> Result<ExitCode> {
         "rotated the token signing key; tokens signed with the previous key stay valid until they expire"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `auth rotate-key` with no daemon here but an external database: the keys
+/// every instance uses are the database's copy, so the rotation starts from
+/// it and is published back (running instances follow it within seconds).
+async fn rotate_shared_key(loaded: &Loaded) -> Result<()> {
+    let config = &loaded.config;
+    let (paths, ttl) = (config.paths(), config.auth.access_token_ttl);
+    let session = Session::open(loaded).await?;
+    let result = async {
+        crate::daemon::share_signing_keys(&session.access, &session.database, &paths, ttl).await?;
+        crate::auth::SigningKeys::rotate(&paths.secrets_dir(), ttl, None)?;
+        let (client, conn) = session.connect().await?;
+        let published = crate::database::shared::publish(
+            &client,
+            crate::auth::keys::FILE,
+            &paths.secrets_dir().join(crate::auth::keys::FILE),
+        )
+        .await;
+        drop(client);
+        let _ = conn.await;
+        published.context("publishing the rotated signing keys")
+    }
+    .await;
+    session.close().await?;
+    result
 }

@@ -1016,6 +1016,38 @@ fn offline_cli_commands_work_on_the_external_database() {
         "",
     ));
     assert_eq!(out.trim(), "pd crm");
+
+    // auth rotate-key here (no daemon on this data dir): rotated from the
+    // shared keys and published back, so the instances' tokens stay valid.
+    let shared = |pg: &ExternalPg| {
+        pg.admin_sql(
+            "crm",
+            "SELECT content FROM ops.shared_files WHERE name = 'jwt-keys.json'",
+        )
+    };
+    let before = shared(&pg);
+    ok_stdout(&cli_external(&pg, &data, &["auth", "rotate-key"], ""));
+    let after = shared(&pg);
+    assert_ne!(after, before);
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("secrets/jwt-keys.json"))
+            .expect("local keys")
+            .trim(),
+        after
+    );
+    let kids = |text: &str| -> Vec<String> {
+        let keys: Value = serde_json::from_str(text).expect("json keys");
+        keys.as_array()
+            .expect("a list of keys")
+            .iter()
+            .map(|k| k["kid"].as_str().expect("kid").to_string())
+            .collect()
+    };
+    let (old_kids, new_kids) = (kids(&before), kids(&after));
+    assert!(
+        new_kids.len() == old_kids.len() + 1 && old_kids.iter().all(|k| new_kids.contains(k)),
+        "the shared keys are kept and one added: {old_kids:?} -> {new_kids:?}"
+    );
     assert!(!data.pgdata().exists());
     assert!(daemon.stop().success());
 }
