@@ -36,7 +36,11 @@ pub(super) fn catch_up(access: &Access, backups: &Arc<Backups>, config: &Config)
             let local = backups.history().last_success.map(|m| m.created_at);
             if missed(&access, &database, jobs::BACKUP, &schedule, local).await {
                 info!("a scheduled backup was missed (or none exists yet); catching up now");
-                let _ = backups.create(None, pipeline::Progress::none()).await;
+                // A failure is logged (and kept for `status`) by `create`.
+                let done = backups.create(None, pipeline::Progress::none()).await;
+                if let Err(crate::backup::Error::Busy) = done {
+                    info!("a backup is already running; it stands for the missed one");
+                }
             } else {
                 info!("no scheduled backup was missed");
             }
