@@ -70,8 +70,13 @@ fn main() {
         all
     });
     let text = std::fs::read_to_string(window).unwrap_or_default();
-    let mut bounds = text.split_whitespace().filter_map(|n| n.parse::<u64>().ok());
-    let (start, end) = (bounds.next().unwrap_or(u64::MAX), bounds.next().unwrap_or(u64::MAX));
+    let mut bounds = text
+        .split_whitespace()
+        .filter_map(|n| n.parse::<u64>().ok());
+    let (start, end) = (
+        bounds.next().unwrap_or(u64::MAX),
+        bounds.next().unwrap_or(u64::MAX),
+    );
 
     let failed = |s: &&Sample| !matches!(s.outcome, Outcome::Status(code) if code < 500);
     let count = |f: fn(&Outcome) -> bool| samples.iter().filter(|s| f(&s.outcome)).count();
@@ -119,7 +124,12 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn client(addr: String, requests: [String; 2], first: usize, deadline: Instant) -> Vec<Sample> {
+async fn client(
+    addr: String,
+    requests: [String; 2],
+    first: usize,
+    deadline: Instant,
+) -> Vec<Sample> {
     let mut samples = Vec::new();
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut next = first;

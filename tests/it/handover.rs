@@ -226,3 +226,81 @@ fn a_new_process_that_is_not_the_expected_version_is_rolled_back() {
     );
     drop(daemon);
 }
+
+/// Replaces the executable at `path` by a shell script, as `update`
+/// replaces the binary (write beside, rename over).
+pub fn replace_with_script(path: &std::path::Path, script: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let new = path.with_extension("new");
+    std::fs::write(&new, script).expect("write script");
+    std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&new, path).expect("rename over the binary");
+}
+
+#[test]
+fn a_new_version_that_migrated_and_failed_is_rolled_back_with_the_pre_update_backup() {
+    let data = DataDir::new();
+    let bin_dir = tempfile::tempdir().expect("bin dir");
+    let exe = bin_dir.path().join("pagodirecto");
+    std::fs::copy(BIN, &exe).expect("copy the binary");
+    let mut daemon = data.spawn_bin(&exe, &[], &[("PAGODIRECTO_BACKUP__SCHEDULE", "")]);
+    daemon.wait_ready(Duration::from_secs(60));
+    sql(
+        &data,
+        "CREATE TABLE public.kept (n int); INSERT INTO public.kept VALUES (42)",
+    );
+    let before = wait_for_status(&data, Duration::from_secs(10), |_| true);
+    let latest = pagodirecto::migrate::latest_known();
+
+    // The "new version": it migrates (a schema level this binary does not
+    // know, and a changed row) and dies before it is ready.
+    replace_with_script(
+        &exe,
+        &format!(
+            "#!/bin/sh\n\
+             '{BIN}' --data-dir '{data}' psql -- -X -v ON_ERROR_STOP=1 \
+               -c \"INSERT INTO refinery_schema_history (version, name, applied_on, checksum) VALUES ({next}, 'from_the_future', now()::text, '0')\" \
+               -c 'UPDATE public.kept SET n = 7' >/dev/null || exit 2\n\
+             exit 1\n",
+            data = data.path().display(),
+            next = latest + 1,
+        ),
+    );
+    let answer = call(
+        &data,
+        &Request::Upgrade {
+            version: "99.0.0".into(),
+            schema: latest + 1,
+        },
+    )
+    .expect("upgrade accepted");
+    assert_eq!(answer["backup_in_gap"], true, "{answer}");
+
+    let after = wait_for_status(&data, Duration::from_secs(180), |s| {
+        s.ready
+            && s.last_update
+                .as_ref()
+                .is_some_and(|u| u.outcome == pagodirecto::handover::Outcome::RolledBack)
+    });
+    let record = after.last_update.clone().expect("recorded");
+    let reason = record.reason.clone().unwrap_or_default();
+    // Status 1: its changes were made (2 would mean they failed).
+    assert!(reason.contains("exited before it was ready (exit status: 1)"), "{reason}");
+    assert!(
+        !reason.contains("restoring"),
+        "the restore worked: {reason}"
+    );
+    assert!(record.backup.is_some(), "the backup was taken in the gap");
+    assert_eq!(
+        after.pid, before.pid,
+        "the old image came back in the same process"
+    );
+    // What the failed version changed is gone: the old binary runs on the
+    // schema it knows, with the data as it was.
+    assert_eq!(sql(&data, "SELECT n FROM public.kept"), "42");
+    assert_eq!(
+        sql(&data, "SELECT max(version) FROM refinery_schema_history"),
+        latest.to_string()
+    );
+    assert!(daemon.try_wait().is_none(), "{}", daemon.log());
+}

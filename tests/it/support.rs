@@ -65,10 +65,16 @@ impl DataDir {
     }
 
     pub fn spawn_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        self.spawn_bin(Path::new(BIN), extra, env)
+    }
+
+    /// [`DataDir::spawn_env`] running the executable at `bin` (a copy that
+    /// a test may replace, as an update does).
+    pub fn spawn_bin(&self, bin: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = self.path().join(format!("daemon-{}.out", unique()));
         let out = fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("clone");
-        let child = Command::new(BIN)
+        let child = Command::new(bin)
             .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(self.path())
             .args(extra)
