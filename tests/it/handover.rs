@@ -285,7 +285,11 @@ fn a_new_version_that_migrated_and_failed_is_rolled_back_with_the_pre_update_bac
     let record = after.last_update.clone().expect("recorded");
     let reason = record.reason.clone().unwrap_or_default();
     // Status 1: its changes were made (2 would mean they failed).
-    assert!(reason.contains("exited before it was ready (exit status: 1)"), "{reason}");
+    assert!(
+        reason.contains("exited before it was ready (exit status: 1)"),
+        "{reason}\n{}",
+        daemon.log()
+    );
     assert!(
         !reason.contains("restoring"),
         "the restore worked: {reason}"
