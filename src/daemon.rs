@@ -207,6 +207,7 @@ pub async fn run(loaded: Loaded, options: Options, mut inherited: Inherited) -> 
                 config: &config,
                 paths: &paths,
                 access: &access,
+                signals: &mut signals,
                 serving,
                 server,
                 stop_postgres,

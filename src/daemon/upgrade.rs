@@ -179,6 +179,7 @@ pub(super) struct Running<'a> {
     pub config: &'a Config,
     pub paths: &'a Paths,
     pub access: &'a Access,
+    pub signals: &'a mut super::Signals,
     pub serving: Serving,
     pub server: Option<postgres::Server>,
     pub stop_postgres: tokio_util::sync::CancellationToken,
@@ -196,6 +197,7 @@ pub(super) async fn hand_over(plan: Plan, running: Running<'_>) -> Result<Exit> 
         config,
         paths,
         access,
+        signals,
         mut serving,
         mut server,
         stop_postgres,
@@ -221,21 +223,7 @@ pub(super) async fn hand_over(plan: Plan, running: Running<'_>) -> Result<Exit> 
     }
     serving.stop_accepting().await;
     let backed_up = if attempt.plan.migrates() {
-        let label = label(&attempt.plan.version);
-        match serving
-            .backups
-            .create(Some(&label), pipeline::Progress::none())
-            .await
-        {
-            Ok(manifest) => {
-                attempt.plan.backup = Some(manifest.name);
-                Ok(())
-            }
-            Err(err) => Err(format!(
-                "the pre-update backup failed: {:#}",
-                anyhow::Error::from(err)
-            )),
-        }
+        backup_in_gap(&serving, &mut attempt.plan).await
     } else {
         Ok(())
     };
@@ -263,6 +251,14 @@ pub(super) async fn hand_over(plan: Plan, running: Running<'_>) -> Result<Exit> 
     let outcome = tokio::select! {
         ready = successor.wait_ready(timeout) => ready,
         () = ping_watchdog() => unreachable!("pings forever"),
+        name = signals.next_stop() => {
+            // Stopped meanwhile (systemctl stop, Ctrl-C): stop the new one
+            // too, and leave its binary for the next start.
+            warn!(signal = name, "stopping during the update");
+            successor.stop(config.server.drain_timeout + Duration::from_secs(30)).await;
+            attempt.record(Outcome::RolledBack, Some(format!("{name} during the update; nothing runs now")));
+            return Ok(Exit::Stopped);
+        }
     };
     let expected = &attempt.plan.version;
     let reason = match outcome {
@@ -289,6 +285,26 @@ pub(super) async fn hand_over(plan: Plan, running: Running<'_>) -> Result<Exit> 
         reason = format!("{reason}; restoring the pre-update backup failed too: {err:#}");
     }
     Ok(attempt.fail(reason))
+}
+
+/// The pre-update backup of an update that migrates: taken once nothing is
+/// served any more, so a rollback can restore exactly that.
+async fn backup_in_gap(serving: &Serving, plan: &mut Plan) -> Result<(), String> {
+    let label = label(&plan.version);
+    match serving
+        .backups
+        .create(Some(&label), pipeline::Progress::none())
+        .await
+    {
+        Ok(manifest) => {
+            plan.backup = Some(manifest.name);
+            Ok(())
+        }
+        Err(err) => Err(format!(
+            "the pre-update backup failed: {:#}",
+            anyhow::Error::from(err)
+        )),
+    }
 }
 
 /// One update under way, and the way back.
