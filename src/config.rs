@@ -988,6 +988,10 @@ impl figment::Provider for EnvVars {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
+            // Sockets passed from a previous process, not configuration.
+            if name == crate::handover::ENV {
+                continue;
+            }
             let key = rest.to_ascii_lowercase().replace("__", ".");
             if key.split('.').any(str::is_empty) {
                 continue;

@@ -131,6 +131,7 @@ pub mod cli;
 pub mod config;
 pub mod paths;
 pub mod daemon;
+pub mod handover;
 pub mod supervisor;
 pub mod cgroup;
 pub mod postgres;

@@ -340,13 +340,19 @@ impl Backups {
             pool.retain(|_, _| false);
         }
         // Dropping the replaced database takes seconds on a large one; the
-        // API need not wait in maintenance for it.
+        // API need not wait in maintenance for it. Without a daemon (no
+        // health to keep), the caller stops postgres next: wait for it.
         let access = self.access.clone();
-        tokio::spawn(async move {
+        let drop_old = async move {
             if let Err(err) = super::drop_database(&access, &old).await {
                 warn!(error = %err, database = old, "could not drop the replaced database; drop it by hand");
             }
-        });
+        };
+        if self.health.is_some() {
+            tokio::spawn(drop_old);
+        } else {
+            drop_old.await;
+        }
         info!(backup = name, "restore complete");
         Ok(RestoreReport {
             restored: manifest,
