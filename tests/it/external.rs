@@ -1,6 +1,8 @@
 //! Several daemons on one external PostgreSQL (`[database] url`): the test
 //! starts a plain server on 127.0.0.1 (as the `postgres` account: postgres
-//! refuses root), a least-privileged url user, and two instances.
+//! refuses root), a least-privileged url user, and two instances. Also: the
+//! led jobs (missed-backup catch-up, audit pruning), the CLI's own sessions
+//! on the external server, and the TLS modes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
