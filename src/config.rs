@@ -38,6 +38,7 @@ pub struct Config {
     pub logging: LogConfig,
     pub auth: AuthConfig,
     pub backup: BackupConfig,
+    pub update: UpdateConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -256,6 +257,111 @@ impl Default for BackupConfig {
     }
 }
 
+/// Self-update of a standalone install (`pagodirecto update`, see
+/// `crate::update`); a .deb install is updated by apt and ignores it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// Base URL of a GitHub-style releases API: releases are listed from
+    /// `<feed>/repos/<repo>/releases`. Any mirror serving that shape works.
+    pub feed: String,
+    /// `owner/name` of the repository whose releases are followed.
+    pub repo: String,
+    /// `stable` follows releases only; `beta` also takes pre-releases.
+    pub channel: UpdateChannel,
+    /// Check on a schedule (`check_every`, with jitter) and apply what is found.
+    pub automatic: bool,
+    /// How often an automatic check runs.
+    #[serde(with = "humantime_serde")]
+    pub check_every: Duration,
+    /// How long a new version gets to become ready before it is rolled back.
+    #[serde(with = "humantime_serde")]
+    pub ready_timeout: Duration,
+}
+
+/// Which releases of the feed an install follows.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateChannel {
+    /// Releases only: no semver pre-release, nothing the feed flags `prerelease`.
+    #[default]
+    Stable,
+    /// Releases and pre-releases.
+    Beta,
+}
+
+impl UpdateChannel {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stable => "stable",
+            Self::Beta => "beta",
+        }
+    }
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        Self {
+            feed: "https://api.github.com".into(),
+            repo: "pagodirecto/pagodirecto".into(),
+            channel: UpdateChannel::Stable,
+            automatic: false,
+            check_every: Duration::from_secs(24 * 3600),
+            ready_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl UpdateConfig {
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        match reqwest::Url::parse(&self.feed) {
+            Err(err) => out.push((
+                "update.feed",
+                format!("{:?} is not a URL: {err}", self.feed),
+            )),
+            Ok(url) if !matches!(url.scheme(), "http" | "https") => out.push((
+                "update.feed",
+                format!("{:?} must be an http:// or https:// URL", self.feed),
+            )),
+            Ok(url) if url.query().is_some() || url.fragment().is_some() => out.push((
+                "update.feed",
+                format!(
+                    "{:?} must be a base URL (no ?query or #fragment); releases are read from <feed>/repos/<repo>/releases",
+                    self.feed
+                ),
+            )),
+            Ok(_) => {}
+        }
+        let part_ok = |part: &str| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        if !matches!(self.repo.split_once('/'), Some((owner, name)) if part_ok(owner) && part_ok(name))
+        {
+            out.push((
+                "update.repo",
+                format!(
+                    "{:?} must be owner/name, like \"pagodirecto/pagodirecto\"",
+                    self.repo
+                ),
+            ));
+        }
+        if self.check_every < Duration::from_secs(60) {
+            out.push(("update.check_every", "must be at least 1m".into()));
+        }
+        if self.ready_timeout < Duration::from_secs(1) {
+            out.push(("update.ready_timeout", "must be at least 1s".into()));
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
@@ -306,6 +412,7 @@ impl Default for Config {
             logging: LogConfig::default(),
             auth: AuthConfig::default(),
             backup: BackupConfig::default(),
+            update: UpdateConfig::default(),
         }
     }
 }
@@ -835,6 +942,7 @@ impl Config {
                 ));
             }
         }
+        out.extend(self.update.problems());
         out
     }
 
@@ -1216,6 +1324,40 @@ mod tests {
         )
         .expect("a budget that adds up");
         assert!((config.limits.postgres_cpu - 1.5).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn update_settings_are_checked() {
+        check_invalid(
+            "[update]\nfeed = \"api.github.com\"",
+            "update.feed: \"api.github.com\" is not a URL",
+        );
+        check_invalid(
+            "[update]\nfeed = \"ftp://mirror.example/releases\"",
+            "update.feed: \"ftp://mirror.example/releases\" must be an http:// or https:// URL",
+        );
+        check_invalid(
+            "[update]\nfeed = \"https://mirror.example/?page=2\"",
+            "update.feed: \"https://mirror.example/?page=2\" must be a base URL",
+        );
+        check_invalid(
+            "[update]\nrepo = \"pagodirecto\"",
+            "update.repo: \"pagodirecto\" must be owner/name",
+        );
+        check_invalid(
+            "[update]\nrepo = \"a/b/c\"",
+            "update.repo: \"a/b/c\" must be owner/name",
+        );
+        check_invalid("[update]\nchannel = \"nightly\"", "update.channel");
+        check_invalid("[update]\ncheck_every = \"5s\"", "update.check_every");
+        check_invalid("[update]\nready_timeout = \"0s\"", "update.ready_timeout");
+        let config = Config::from_toml(
+            "[update]\nfeed = \"http://127.0.0.1:8000/api\"\nrepo = \"acme/pago-directo.x\"\nchannel = \"beta\"\nautomatic = true\ncheck_every = \"6h\"\nready_timeout = \"2m\"",
+        )
+        .expect("valid");
+        assert_eq!(config.update.channel, UpdateChannel::Beta);
+        assert_eq!(config.update.check_every, Duration::from_secs(6 * 3600));
+        assert_eq!(config.update.ready_timeout, Duration::from_secs(120));
     }
 
     #[test]

@@ -39,6 +39,12 @@ pub enum Request {
     /// Start signing access tokens with a new key; the old ones keep
     /// verifying until the tokens they signed expire.
     RotateKey,
+    /// `pagodirecto update`: stage the newest release (see `crate::update`),
+    /// back up, swap the binary and restart into it.
+    Update {
+        /// Take the newest release even when it is not newer than ours.
+        allow_downgrade: bool,
+    },
 }
 
 /// The answer to [`Request::Status`].

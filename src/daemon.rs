@@ -78,7 +78,7 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
     let started = Instant::now();
     let Loaded { config, source, .. } = loaded.clone();
     let paths = config.paths();
-    info!(version = env!("CARGO_PKG_VERSION"), config = %source, data_dir = %paths.data_dir().display(), "starting");
+    info!(version = crate::update::VERSION, config = %source, data_dir = %paths.data_dir().display(), "starting");
 
     let mut signals = Signals::new()?;
     http::tls::install_provider();
@@ -919,6 +919,12 @@ async fn event_loop(
             Event::Control(Request::RotateKey, reply) => {
                 let _ = reply.send(rotate_key(context.access, serving).await);
             }
+            Event::Control(Request::Update { .. }, reply) => {
+                let _ = reply.send(Err(
+                    "updating a running daemon is not wired yet; stop it and run pagodirecto update"
+                        .into(),
+                ));
+            }
             Event::Control(Request::Status, reply) => {
                 let pg = pg_status.borrow().clone();
                 let _ = reply.send(
@@ -995,7 +1001,9 @@ fn backup_request(
     tokio::spawn(async move {
         let none = pipeline::Progress::none;
         let answer = match request {
-            Request::Status | Request::Metrics | Request::RotateKey => Ok(serde_json::Value::Null), // answered by the event loop
+            Request::Status | Request::Metrics | Request::RotateKey | Request::Update { .. } => {
+                Ok(serde_json::Value::Null) // answered by the event loop
+            }
             Request::BackupCreate { label } => {
                 backups.create(label.as_deref(), none()).await.map(json)
             }
@@ -1347,7 +1355,7 @@ impl StatusContext<'_> {
     async fn report(&self, pg: &postgres::Status, reloader: &Reloader) -> StatusReport {
         let readiness = self.health.check().await;
         StatusReport {
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::update::VERSION.to_string(),
             pid: std::process::id(),
             uptime_secs: self.started.elapsed().as_secs(),
             data_dir: self.config.data_dir.clone(),

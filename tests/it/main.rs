@@ -23,4 +23,6 @@ mod edge;
 mod external;
 mod lifecycle;
 mod service;
+mod update;
+mod update_support;
 mod limits;
