@@ -26,6 +26,10 @@ pub mod watch;
 /// Where the config is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/pagodirecto/pagodirecto.toml";
 const ENV_PREFIX: &str = "PAGODIRECTO_";
+/// Variables with our prefix that are not config keys: the build's version
+/// (build.rs; cargo also sets it for `cargo run`/`cargo test`) and the
+/// release script's signing key. A release engineer's shell has them.
+const NOT_CONFIG: &[&str] = &["PAGODIRECTO_VERSION", "PAGODIRECTO_SIGNING_KEY"];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -1061,6 +1065,9 @@ impl figment::Provider for EnvVars {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
+            if NOT_CONFIG.contains(&name.as_str()) {
+                continue;
+            }
             let key = rest.to_ascii_lowercase().replace("__", ".");
             if key.split('.').any(str::is_empty) {
                 continue;
@@ -1411,6 +1418,18 @@ mod tests {
                 .expect("valid");
         assert_eq!(loaded.config.data_dir, PathBuf::from("/flag"));
         assert_eq!(loaded.config.server.listen, overrides.listen);
+    }
+
+    #[test]
+    fn the_build_and_release_variables_are_not_config_keys() {
+        let env = vec![
+            ("PAGODIRECTO_VERSION".to_string(), "9.9.9".to_string()),
+            ("PAGODIRECTO_SIGNING_KEY".to_string(), "/k".to_string()),
+        ];
+        let loaded =
+            Config::load_with_env(None, Path::new("/nonexistent"), &Overrides::default(), &env)
+                .expect("not config keys");
+        assert_eq!(loaded.config, Config::default());
     }
 
     #[test]
