@@ -66,12 +66,15 @@ fn update_keys() {
          pub const TEST_KEY: [u8; 32] = {:?};\n",
         key_bytes(test_key)
     );
-    let target = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("update_keys.rs");
-    std::fs::write(&target, out).unwrap_or_else(|err| panic!("writing {}: {err}", target.display()));
+    let target =
+        Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("update_keys.rs");
+    std::fs::write(&target, out)
+        .unwrap_or_else(|err| panic!("writing {}: {err}", target.display()));
 }
 
 fn key_bytes(path: &Path) -> [u8; 32] {
-    let bytes = std::fs::read(path).unwrap_or_else(|err| panic!("reading {}: {err}", path.display()));
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|err| panic!("reading {}: {err}", path.display()));
     bytes.try_into().unwrap_or_else(|bytes: Vec<u8>| {
         panic!(
             "{} holds {} bytes; a zipsign public key is 32 raw bytes",

@@ -41,21 +41,38 @@ fn main() -> ExitCode {
 }
 
 fn sign(key_file: &Path, archive: &Path) -> Result<()> {
-    let key = File::open(key_file).with_context(|| format!("opening the key {}", key_file.display()))?;
-    let keys = zipsign_api::sign::read_signing_keys([Ok(key)])
-        .with_context(|| format!("{} is not a zipsign private key (64 bytes)", key_file.display()))?;
+    let key =
+        File::open(key_file).with_context(|| format!("opening the key {}", key_file.display()))?;
+    let keys = zipsign_api::sign::read_signing_keys([Ok(key)]).with_context(|| {
+        format!(
+            "{} is not a zipsign private key (64 bytes)",
+            key_file.display()
+        )
+    })?;
     let Some(name) = archive.file_name().and_then(|n| n.to_str()) else {
-        bail!("{} has no UTF-8 file name to sign as the context", archive.display());
+        bail!(
+            "{} has no UTF-8 file name to sign as the context",
+            archive.display()
+        );
     };
     if !name.ends_with(".tar.gz") {
         bail!("{} is not a .tar.gz", archive.display());
     }
-    let mut input = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
-    let dir = archive.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut input =
+        File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+    let dir = archive
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut output = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    zipsign_api::sign::copy_and_sign_tar(&mut input, output.as_file_mut(), &keys, Some(name.as_bytes()))
-        .with_context(|| format!("signing {}", archive.display()))?;
+    zipsign_api::sign::copy_and_sign_tar(
+        &mut input,
+        output.as_file_mut(),
+        &keys,
+        Some(name.as_bytes()),
+    )
+    .with_context(|| format!("signing {}", archive.display()))?;
     output.as_file_mut().rewind()?;
     output.as_file().sync_all()?;
     output

@@ -252,10 +252,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     };
     match command {
         Command::Version { json } => Ok(update::version(json)),
-        Command::Update {
-            check: true,
-            ..
-        } => runtime.block_on(update::check(&load()?)),
+        Command::Update { check: true, .. } => runtime.block_on(update::check(&load()?)),
         Command::Update {
             allow_downgrade, ..
         } => runtime.block_on(update::run(load()?, allow_downgrade)),

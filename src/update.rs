@@ -147,7 +147,9 @@ pub enum Error {
         url: String,
         asset_suffix: String,
     },
-    #[error("pagodirecto {current} is already up to date (the newest release on the {channel} channel); nothing was changed")]
+    #[error(
+        "pagodirecto {current} is already up to date (the newest release on the {channel} channel); nothing was changed"
+    )]
     UpToDate {
         current: semver::Version,
         channel: &'static str,
@@ -194,11 +196,11 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error(
-        "the archive {asset} has no file {member} (the binary); nothing was changed"
-    )]
+    #[error("the archive {asset} has no file {member} (the binary); nothing was changed")]
     MissingBinary { asset: String, member: String },
-    #[error("running the new binary ({binary} version --json) failed: {detail}; nothing was changed")]
+    #[error(
+        "running the new binary ({binary} version --json) failed: {detail}; nothing was changed"
+    )]
     Probe { binary: PathBuf, detail: String },
     #[error(
         "the feed says {asset} is release {tag}, but the binary inside reports version {reported}: refusing it; nothing was changed"
@@ -256,6 +258,7 @@ pub async fn stage(cfg: &UpdateConfig, exe: &Path, options: &Options) -> Result<
             }
         });
     }
+    tracing::info!(version = %release.version, url = %release.asset_url, "downloading the release archive");
     let unpacked = {
         let release = release.clone();
         let dir = dir.clone();
@@ -268,6 +271,7 @@ pub async fn stage(cfg: &UpdateConfig, exe: &Path, options: &Options) -> Result<
         .await
         .map_err(|e| Error::Task(e.to_string()))??
     };
+    tracing::info!(asset = %release.asset_name, "signature verified; asking the new binary what it is");
     let (reported, schema) = verify::probe(&unpacked).await?;
     if reported != release.version {
         return Err(Error::VersionMismatch {
@@ -283,6 +287,7 @@ pub async fn stage(cfg: &UpdateConfig, exe: &Path, options: &Options) -> Result<
         source: e.error,
     })?;
     sync_dir(&dir)?;
+    tracing::info!(version = %release.version, schema, binary = %binary.display(), "new binary staged");
     Ok(Staged {
         version: release.version,
         schema,
@@ -429,7 +434,11 @@ mod tests {
             format!("abc  {}\n", exe.display()),
         )
         .expect("write");
-        assert_eq!(package_owner_in(&info, &exe), None, "only *.list files count");
+        assert_eq!(
+            package_owner_in(&info, &exe),
+            None,
+            "only *.list files count"
+        );
         std::fs::write(
             info.join("pagodirecto:amd64.list"),
             format!("/.\n{}\n{}\n", bin.display(), exe.display()),

@@ -47,7 +47,11 @@ pub async fn check(loaded: &Loaded) -> Result<ExitCode> {
                 "available: {} ({}{}), {}",
                 release.version,
                 release.tag,
-                if release.prerelease { ", pre-release" } else { "" },
+                if release.prerelease {
+                    ", pre-release"
+                } else {
+                    ""
+                },
                 release.asset_url
             );
             if let Some(notes) = &release.notes {
@@ -105,7 +109,11 @@ pub async fn run(loaded: Loaded, allow_downgrade: bool) -> Result<ExitCode> {
 }
 
 /// No daemon: stage → backup → swap, here.
-async fn offline(loaded: &Loaded, exe: &std::path::Path, allow_downgrade: bool) -> Result<ExitCode> {
+async fn offline(
+    loaded: &Loaded,
+    exe: &std::path::Path,
+    allow_downgrade: bool,
+) -> Result<ExitCode> {
     let staged = update::stage(&loaded.config.update, exe, &Options { allow_downgrade }).await?;
     let version = staged.version.clone();
     let backup = match backup_before(loaded, &version).await {
@@ -151,7 +159,13 @@ async fn backup_before(loaded: &Loaded, version: &semver::Version) -> Result<Opt
     }
     let label: String = format!("before-update-to-{version}")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let session = Session::open(loaded).await?;
     let result = super::backup::backups(loaded, &session)

@@ -48,7 +48,11 @@ struct AssetDto {
 
 /// `<feed>/repos/<owner>/<name>/releases`.
 pub fn releases_url(cfg: &UpdateConfig) -> String {
-    format!("{}/repos/{}/releases", cfg.feed.trim_end_matches('/'), cfg.repo)
+    format!(
+        "{}/repos/{}/releases",
+        cfg.feed.trim_end_matches('/'),
+        cfg.repo
+    )
 }
 
 /// `-x86_64-linux.tar.gz` on this machine: what `packaging/build-release.sh`
@@ -70,7 +74,10 @@ pub fn releases(cfg: &UpdateConfig) -> Result<Available, Error> {
     let mut body = Vec::new();
     self_update::Download::from_url(format!("{url}?per_page=100"))
         .request_header("accept", "application/vnd.github+json")
-        .request_header("user-agent", concat!("pagodirecto/", env!("PAGODIRECTO_VERSION")))
+        .request_header(
+            "user-agent",
+            concat!("pagodirecto/", env!("PAGODIRECTO_VERSION")),
+        )
         .timeout(LIST_TIMEOUT)
         .max_download_size(LIST_MAX_BYTES)
         .download_to(&mut body)
@@ -78,10 +85,11 @@ pub fn releases(cfg: &UpdateConfig) -> Result<Available, Error> {
             url: url.clone(),
             source,
         })?;
-    let list: Vec<ReleaseDto> = serde_json::from_slice(&body).map_err(|source| Error::FeedFormat {
-        url: url.clone(),
-        source,
-    })?;
+    let list: Vec<ReleaseDto> =
+        serde_json::from_slice(&body).map_err(|source| Error::FeedFormat {
+            url: url.clone(),
+            source,
+        })?;
     let current = current_version();
     Ok(Available {
         latest: select(list, cfg.channel),
@@ -139,7 +147,10 @@ pub fn download(release: &Release, file: &mut std::fs::File) -> Result<(), Error
     };
     self_update::Download::from_url(&release.asset_url)
         .request_header("accept", "application/octet-stream")
-        .request_header("user-agent", concat!("pagodirecto/", env!("PAGODIRECTO_VERSION")))
+        .request_header(
+            "user-agent",
+            concat!("pagodirecto/", env!("PAGODIRECTO_VERSION")),
+        )
         .timeout(ASSET_TIMEOUT)
         .max_download_size(ASSET_MAX_BYTES)
         .download_to(&mut *file)
@@ -186,8 +197,16 @@ mod tests {
         let pre = release("v0.3.0-beta.1", false);
         let stable = release("v0.2.0", false);
         let old = release("v0.1.0", false);
-        check(&[flagged.clone(), pre.clone(), stable.clone(), old.clone()], Stable, Some("v0.2.0"));
-        check(&[flagged.clone(), pre.clone(), stable.clone()], Beta, Some("v0.4.0"));
+        check(
+            &[flagged.clone(), pre.clone(), stable.clone(), old.clone()],
+            Stable,
+            Some("v0.2.0"),
+        );
+        check(
+            &[flagged.clone(), pre.clone(), stable.clone()],
+            Beta,
+            Some("v0.4.0"),
+        );
         check(&[pre.clone(), stable.clone()], Beta, Some("v0.3.0-beta.1"));
         // Newest by version, not by position in the list.
         check(&[old.clone(), stable.clone()], Stable, Some("v0.2.0"));
@@ -201,17 +220,28 @@ mod tests {
         draft["draft"] = true.into();
         let nightly = serde_json::json!({ "tag_name": "nightly", "assets": [] });
         let mut no_asset = release("v0.8.0", false);
-        no_asset["assets"] = serde_json::json!([{ "name": "pagodirecto-0.8.0-aarch64-linux.tar.gz", "url": "u" }]);
+        no_asset["assets"] =
+            serde_json::json!([{ "name": "pagodirecto-0.8.0-aarch64-linux.tar.gz", "url": "u" }]);
         let good = release("0.2.0", false);
-        check(&[draft, nightly, no_asset, good], UpdateChannel::Stable, Some("0.2.0"));
+        check(
+            &[draft, nightly, no_asset, good],
+            UpdateChannel::Stable,
+            Some("0.2.0"),
+        );
     }
 
     #[test]
     fn a_release_carries_its_archive_and_notes() {
-        let picked = select(list(serde_json::json!([release("v1.2.3", false)])), UpdateChannel::Stable)
-            .expect("picked");
+        let picked = select(
+            list(serde_json::json!([release("v1.2.3", false)])),
+            UpdateChannel::Stable,
+        )
+        .expect("picked");
         assert_eq!(picked.version, semver::Version::new(1, 2, 3));
-        assert_eq!(picked.asset_name, format!("pagodirecto-1.2.3-{}-linux.tar.gz", std::env::consts::ARCH));
+        assert_eq!(
+            picked.asset_name,
+            format!("pagodirecto-1.2.3-{}-linux.tar.gz", std::env::consts::ARCH)
+        );
         assert_eq!(picked.asset_url, "http://x/v1.2.3.tar.gz");
         assert_eq!(picked.notes.as_deref(), Some("notes for v1.2.3"));
         assert!(!picked.prerelease);
@@ -224,6 +254,9 @@ mod tests {
             repo: "acme/pd".into(),
             ..UpdateConfig::default()
         };
-        assert_eq!(releases_url(&cfg), "http://127.0.0.1:9/api/repos/acme/pd/releases");
+        assert_eq!(
+            releases_url(&cfg),
+            "http://127.0.0.1:9/api/repos/acme/pd/releases"
+        );
     }
 }

@@ -82,7 +82,11 @@ pub fn signature(release: &Release, archive: &mut File) -> Result<(), Error> {
 
 /// Unpacks `pagodirecto-<version>-<arch>-linux/pagodirecto` from the
 /// (verified) archive into a 0755 temp file in `dir`, closed so it can run.
-pub fn unpack(release: &Release, archive: &mut File, dir: &Path) -> Result<tempfile::TempPath, Error> {
+pub fn unpack(
+    release: &Release,
+    archive: &mut File,
+    dir: &Path,
+) -> Result<tempfile::TempPath, Error> {
     let corrupt = |source| Error::Corrupt {
         asset: release.asset_name.clone(),
         source,
@@ -195,7 +199,10 @@ mod tests {
         // Not even root may create files in /proc.
         let err = temp_in(Path::new("/proc")).expect_err("refused");
         let text = err.to_string();
-        assert!(text.starts_with("cannot write beside the binary in /proc"), "{text}");
+        assert!(
+            text.starts_with("cannot write beside the binary in /proc"),
+            "{text}"
+        );
         assert!(text.contains("updated by apt"), "{text}");
     }
 
@@ -203,6 +210,9 @@ mod tests {
     fn debug_builds_trust_the_release_keys_and_the_test_key() {
         assert_eq!(&TRUSTED_KEYS[..RELEASE_KEYS.len()], RELEASE_KEYS);
         assert_eq!(TRUSTED_KEYS.last(), Some(&TEST_KEY));
-        assert!(!RELEASE_KEYS.contains(&TEST_KEY), "the test key is never a release key");
+        assert!(
+            !RELEASE_KEYS.contains(&TEST_KEY),
+            "the test key is never a release key"
+        );
     }
 }

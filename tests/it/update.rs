@@ -51,10 +51,17 @@ fn check_reports_the_newest_release_of_the_channel() {
     let text = ok_stdout(&out);
     assert!(text.contains(&format!("current:   {current}")), "{text}");
     assert!(
-        text.contains(&format!("available: {stable} (v{stable}), {}/download/{}", feed.url, asset_name(&stable))),
+        text.contains(&format!(
+            "available: {stable} (v{stable}), {}/download/{}",
+            feed.url,
+            asset_name(&stable)
+        )),
         "{text}"
     );
-    assert!(text.contains(&format!("What is new in {stable}.")), "{text}");
+    assert!(
+        text.contains(&format!("What is new in {stable}.")),
+        "{text}"
+    );
     assert!(
         stderr(&out).contains("\"nightly\"") || stderr(&out).contains("nightly"),
         "a non-semver tag is skipped with a warning: {}",
@@ -96,7 +103,11 @@ fn check_refused(release: FakeRelease, args: &[&str], expected: &str) {
         std::fs::read(&install.exe).expect("read") == before,
         "the binary changed"
     );
-    assert_eq!(install.files(), ["pagodirecto"], "a file was left beside the binary");
+    assert_eq!(
+        install.files(),
+        ["pagodirecto"],
+        "a file was left beside the binary"
+    );
 }
 
 #[test]
@@ -116,7 +127,10 @@ fn archives_without_a_valid_signature_are_refused() {
         ),
     );
     check_refused(
-        FakeRelease::with_archive(&next, sign(&archive(&next, binary), &name, &untrusted_key())),
+        FakeRelease::with_archive(
+            &next,
+            sign(&archive(&next, binary), &name, &untrusted_key()),
+        ),
         &["update"],
         "has no valid signature from a trusted key (it is signed by a key this binary does not trust",
     );
@@ -167,7 +181,9 @@ fn downgrades_and_the_same_version_are_refused_unless_allowed() {
     check_refused(
         FakeRelease::signed(&older, binary),
         &["update"],
-        &format!("the newest release on the stable channel, {older}, is older than this binary ({current}): refusing a downgrade"),
+        &format!(
+            "the newest release on the stable channel, {older}, is older than this binary ({current}): refusing a downgrade"
+        ),
     );
     check_refused(
         FakeRelease::signed(&current, binary),
@@ -217,7 +233,13 @@ fn an_empty_feed_is_refused_naming_it() {
     let err = stderr(&out);
     assert!(!out.status.success());
     assert!(err.contains("no release with a"), "{err}");
-    assert!(err.contains(&format!("on the stable channel of {}/repos/pagodirecto/pagodirecto/releases", feed.url)), "{err}");
+    assert!(
+        err.contains(&format!(
+            "on the stable channel of {}/repos/pagodirecto/pagodirecto/releases",
+            feed.url
+        )),
+        "{err}"
+    );
     assert_eq!(install.files(), ["pagodirecto"]);
 }
 
@@ -266,18 +288,32 @@ fn offline_update_installs_a_newer_signed_binary_after_a_backup() {
 #[test]
 fn the_release_script_refuses_to_run_without_a_signing_key() {
     let out = std::process::Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/build-release.sh"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/packaging/build-release.sh"
+        ))
         .env_remove("PAGODIRECTO_SIGNING_KEY")
         .env_remove("UNSIGNED")
         .output()
         .expect("run the script");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(stderr(&out).contains("no signing key: set PAGODIRECTO_SIGNING_KEY"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no signing key: set PAGODIRECTO_SIGNING_KEY"),
+        "{}",
+        stderr(&out)
+    );
     let out = std::process::Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/build-release.sh"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/packaging/build-release.sh"
+        ))
         .env("PAGODIRECTO_SIGNING_KEY", "/nonexistent/release.key")
         .output()
         .expect("run the script");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(stderr(&out).contains("/nonexistent/release.key: no such readable file"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/release.key: no such readable file"),
+        "{}",
+        stderr(&out)
+    );
 }

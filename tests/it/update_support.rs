@@ -81,12 +81,13 @@ pub fn archive(version: &semver::Version, binary: Option<&Path>) -> Vec<u8> {
         0o644,
     );
     if let Some(binary) = binary {
-        add("pagodirecto", &fs::read(binary).expect("read binary"), 0o755);
+        add(
+            "pagodirecto",
+            &fs::read(binary).expect("read binary"),
+            0o755,
+        );
     }
-    tar.into_inner()
-        .expect("tar")
-        .finish()
-        .expect("gzip")
+    tar.into_inner().expect("tar").finish().expect("gzip")
 }
 
 /// `archive` signed by `key` for the file name `asset` (the context), as
@@ -198,7 +199,9 @@ impl Feed {
         let app = axum::Router::new()
             .route(
                 "/repos/{owner}/{repo}/releases",
-                axum::routing::get(|State(s): State<Shared>| async move { axum::Json(s.0.clone()) }),
+                axum::routing::get(
+                    |State(s): State<Shared>| async move { axum::Json(s.0.clone()) },
+                ),
             )
             .route(
                 "/download/{name}",
@@ -302,7 +305,11 @@ pub fn reported_version(binary: &Path) -> (semver::Version, i64) {
         cmd.args(["version", "--json"]);
         cmd
     });
-    assert!(out.status.success(), "{} version --json: {out:?}", binary.display());
+    assert!(
+        out.status.success(),
+        "{} version --json: {out:?}",
+        binary.display()
+    );
     let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     (
         semver::Version::parse(value["version"].as_str().expect("version")).expect("semver"),
@@ -370,6 +377,11 @@ fn build_with_version(version: &semver::Version) -> PathBuf {
         started.elapsed()
     );
     let binary = fixture.join("debug").join("pagodirecto");
-    assert_eq!(reported_version(&binary).0, *version, "{}", binary.display());
+    assert_eq!(
+        reported_version(&binary).0,
+        *version,
+        "{}",
+        binary.display()
+    );
     binary
 }
