@@ -74,6 +74,10 @@ fn sign(key_file: &Path, archive: &Path) -> Result<()> {
     )
     .with_context(|| format!("signing {}", archive.display()))?;
     output.as_file_mut().rewind()?;
+    // Keep the archive's mode (a temp file is 0600).
+    output
+        .as_file()
+        .set_permissions(input.metadata()?.permissions())?;
     output.as_file().sync_all()?;
     output
         .persist(archive)

@@ -51,6 +51,27 @@ pub fn current_version() -> semver::Version {
     semver::Version::parse(VERSION).expect("build.rs checks that PAGODIRECTO_VERSION is semver")
 }
 
+/// The running executable's path, as [`stage`] and [`install`] want it.
+///
+/// Linux reports `<path> (deleted)` once the file was replaced, which is
+/// what an update does to a running daemon's binary: the suffix is dropped,
+/// so a second update in the same process still finds the right directory.
+pub fn current_exe() -> Result<PathBuf, Error> {
+    let exe = std::env::current_exe().map_err(|source| Error::Io {
+        step: "finding the running executable",
+        path: "/proc/self/exe".into(),
+        source,
+    })?;
+    Ok(strip_deleted(exe))
+}
+
+fn strip_deleted(exe: PathBuf) -> PathBuf {
+    match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    }
+}
+
 /// One release of the feed that carries an archive for this platform.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Release {
@@ -494,6 +515,18 @@ mod tests {
         std::fs::write(dir.path().join("pagodirecto"), b"old").expect("write");
         staged_in(dir.path(), b"new").discard().expect("discard");
         assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1);
+    }
+
+    #[test]
+    fn a_replaced_executable_is_still_found_at_its_path() {
+        assert_eq!(
+            strip_deleted("/opt/pd/pagodirecto (deleted)".into()),
+            Path::new("/opt/pd/pagodirecto")
+        );
+        assert_eq!(
+            strip_deleted("/opt/pd/pagodirecto".into()),
+            Path::new("/opt/pd/pagodirecto")
+        );
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub async fn check(loaded: &Loaded) -> Result<ExitCode> {
             cfg.channel.as_str()
         ),
     }
-    if let Some(package) = std::env::current_exe()
+    if let Some(package) = update::current_exe()
         .ok()
         .and_then(|exe| update::package_owner(&exe))
     {
@@ -85,7 +85,7 @@ fn indent(text: &str) -> String {
 /// `pagodirecto update [--allow-downgrade]`.
 pub async fn run(loaded: Loaded, allow_downgrade: bool) -> Result<ExitCode> {
     super::init_cli_logging(&loaded);
-    let exe = std::env::current_exe().context("finding this executable")?;
+    let exe = update::current_exe()?;
     if let Some(package) = update::package_owner(&exe) {
         eprintln!(
             "pagodirecto: {} is installed by the Debian package {package}; update it with apt (apt-get update && apt-get install {package}). Nothing was changed",

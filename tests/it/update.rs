@@ -63,20 +63,18 @@ fn check_reports_the_newest_release_of_the_channel() {
         "{text}"
     );
     assert!(
-        stderr(&out).contains("\"nightly\"") || stderr(&out).contains("nightly"),
+        stderr(&out).contains("skipping a release whose tag is not a semantic version")
+            && stderr(&out).contains("nightly"),
         "a non-semver tag is skipped with a warning: {}",
         stderr(&out)
     );
 
-    let beta_out = {
-        let mut cmd = std::process::Command::new(&install.exe);
-        cmd.arg("--data-dir")
-            .arg(data.path())
-            .args(["update", "--check"])
-            .env("PAGODIRECTO_UPDATE__FEED", &feed.url)
-            .env("PAGODIRECTO_UPDATE__CHANNEL", "beta");
-        cmd.output().expect("run")
-    };
+    let beta_out = install.update_cmd_env(
+        &feed,
+        data.path(),
+        &["update", "--check"],
+        &[("PAGODIRECTO_UPDATE__CHANNEL", "beta")],
+    );
     let text = ok_stdout(&beta_out);
     assert!(
         text.contains(&format!("available: {flagged} (v{flagged}, pre-release)")),

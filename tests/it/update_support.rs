@@ -285,6 +285,17 @@ impl Install {
 
     /// Runs the installed binary with `args`, following `feed`, on `data_dir`.
     pub fn update_cmd(&self, feed: &Feed, data_dir: &Path, args: &[&str]) -> Output {
+        self.update_cmd_env(feed, data_dir, args, &[])
+    }
+
+    /// [`Install::update_cmd`] with more environment (`PAGODIRECTO_UPDATE__CHANNEL`…).
+    pub fn update_cmd_env(
+        &self,
+        feed: &Feed,
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Output {
         run_retrying(|| {
             let mut cmd = Command::new(&self.exe);
             cmd.arg("--data-dir")
@@ -292,6 +303,7 @@ impl Install {
                 .args(args)
                 .env("PAGODIRECTO_UPDATE__FEED", &feed.url)
                 .env("PAGODIRECTO_UPDATE__REPO", "pagodirecto/pagodirecto")
+                .envs(env.iter().copied())
                 .stdin(Stdio::null());
             cmd
         })
