@@ -244,11 +244,11 @@ pub enum Error {
 
 /// Reads the feed and returns the newest release on the channel.
 pub async fn check(cfg: &UpdateConfig) -> Result<Available, Error> {
+    // self_update's download is blocking (reqwest's blocking client).
     let cfg = cfg.clone();
-    let releases = tokio::task::spawn_blocking(move || feed::releases(&cfg))
+    tokio::task::spawn_blocking(move || feed::releases(&cfg))
         .await
-        .map_err(|e| Error::Task(e.to_string()))??;
-    Ok(releases)
+        .map_err(|e| Error::Task(e.to_string()))?
 }
 
 /// Check, download, verify, unpack and probe: on success a new binary is
