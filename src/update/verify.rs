@@ -195,6 +195,12 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(not(debug_assertions))]
+    fn release_builds_trust_the_release_keys_only() {
+        assert_eq!(TRUSTED_KEYS, RELEASE_KEYS);
+    }
+
+    #[test]
     fn an_unwritable_directory_is_named() {
         // Not even root may create files in /proc.
         let err = temp_in(Path::new("/proc")).expect_err("refused");
@@ -207,6 +213,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(debug_assertions)]
     fn debug_builds_trust_the_release_keys_and_the_test_key() {
         assert_eq!(&TRUSTED_KEYS[..RELEASE_KEYS.len()], RELEASE_KEYS);
         assert_eq!(TRUSTED_KEYS.last(), Some(&TEST_KEY));
