@@ -5,13 +5,37 @@
 # Prints the .deb's size and installed footprint (target: .deb < 30 MB) and
 # runs lintian on it.
 #
-#   packaging/build-release.sh                 # version from Cargo.toml
+#   PAGODIRECTO_SIGNING_KEY=/path/release-signing.key packaging/build-release.sh
+#   UNSIGNED=1 packaging/build-release.sh      # a local build, no key
 #   DEB_VERSION=1.2.3-1 packaging/build-release.sh
+#   PAGODIRECTO_VERSION=1.3.0-beta.1 ...       # the version the binary reports
+#                                              # and the archive is named after
+#                                              # (default: Cargo.toml's)
+#
+# The tar.gz is what `pagodirecto update` downloads, and it refuses one
+# without a valid signature: PAGODIRECTO_SIGNING_KEY (a zipsign private key)
+# signs it with examples/sign_release.rs (docs/update.md). Without a key the
+# script stops before building unless UNSIGNED=1.
 #
 # Needs cargo-deb (cargo install cargo-deb --locked) and, for the check,
 # lintian. Build on the oldest Debian you support: the binary needs the glibc
 # it was linked against.
 set -euo pipefail
+
+if [ -n "${PAGODIRECTO_SIGNING_KEY:-}" ]; then
+    if [ ! -r "$PAGODIRECTO_SIGNING_KEY" ]; then
+        echo "PAGODIRECTO_SIGNING_KEY=$PAGODIRECTO_SIGNING_KEY: no such readable file" >&2
+        exit 1
+    fi
+    signing_key=$(realpath "$PAGODIRECTO_SIGNING_KEY")
+elif [ "${UNSIGNED:-}" = 1 ]; then
+    signing_key=
+    echo "UNSIGNED=1: the archive will not be signed, and pagodirecto update will refuse it" >&2
+else
+    echo "no signing key: set PAGODIRECTO_SIGNING_KEY to the release's zipsign private key (docs/update.md), or UNSIGNED=1 for an unsigned local build that pagodirecto update refuses" >&2
+    exit 1
+fi
+
 cd "$(dirname "$0")/.."
 
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
@@ -24,7 +48,7 @@ mkdir -p "$dist"
 cargo deb --locked --dbgsym ${DEB_VERSION:+--deb-version "$DEB_VERSION"} --output "$dist/"
 deb=$(ls "$dist"/pagodirecto_*.deb)
 
-version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+version=${PAGODIRECTO_VERSION:-$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)}
 name="pagodirecto-$version-x86_64-linux"
 stage="$dist/$name"
 mkdir -p "$stage"
@@ -34,6 +58,10 @@ chmod 755 "$stage/pagodirecto"
 cp systemd/pagodirecto.service packaging/pagodirecto.toml README.md "$stage/"
 tar -C "$dist" --owner=0 --group=0 --numeric-owner --sort=name -czf "$dist/$name.tar.gz" "$name"
 rm -rf "$stage"
+if [ -n "$signing_key" ]; then
+    # The signature's context is the file name: sign the final name.
+    cargo run --quiet --locked --release --example sign_release -- sign "$signing_key" "$dist/$name.tar.gz"
+fi
 (cd "$dist" && sha256sum -- *.deb *.ddeb "$name.tar.gz" > SHA256SUMS)
 
 deb_bytes=$(stat -c %s "$deb")

@@ -475,7 +475,7 @@ pub async fn create(
         name: name.clone(),
         file,
         created_at,
-        app_version: env!("CARGO_PKG_VERSION").to_string(),
+        app_version: crate::update::VERSION.to_string(),
         postgres_version,
         schema_version,
         database: target.database.to_string(),

@@ -18,6 +18,7 @@ mod psql;
 mod run;
 mod service;
 mod status;
+mod update;
 mod users;
 
 use std::net::SocketAddr;
@@ -31,7 +32,7 @@ use crate::config::{Config, Loaded, Overrides};
 
 /// The PagoDirecto CRM server: its own PostgreSQL, API and web app in one binary.
 #[derive(Debug, Parser)]
-#[command(name = "pagodirecto", version, about)]
+#[command(name = "pagodirecto", version = crate::update::VERSION, about)]
 pub struct Cli {
     /// Config file [default: /etc/pagodirecto/pagodirecto.toml when it exists]
     #[arg(long, global = true, value_name = "FILE")]
@@ -134,6 +135,23 @@ pub enum Command {
     Service {
         #[command(subcommand)]
         action: service::ServiceAction,
+    },
+    /// Print this binary's version and the database schema it migrates to
+    Version {
+        /// Print {"version": "...", "schema": N}
+        #[arg(long)]
+        json: bool,
+    },
+    /// Update this binary to the newest signed release on the [update]
+    /// channel (a backup is taken first; the old binary is kept as
+    /// <binary>.previous). A .deb install is updated by apt instead
+    Update {
+        /// Only say what is available; change nothing
+        #[arg(long)]
+        check: bool,
+        /// Take the newest release even when it is older than this binary
+        #[arg(long, conflicts_with = "check")]
+        allow_downgrade: bool,
     },
 }
 
@@ -241,6 +259,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         )
     };
     match command {
+        Command::Version { json } => Ok(update::version(json)),
+        Command::Update { check: true, .. } => runtime.block_on(update::check(&load()?)),
+        Command::Update {
+            allow_downgrade, ..
+        } => runtime.block_on(update::run(load()?, allow_downgrade)),
         Command::Config { action } => config_cmd::run(&action, load()),
         Command::Service { action } => service::run(&action),
         Command::Run {

@@ -26,6 +26,16 @@ pub mod watch;
 /// Where the config is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/pagodirecto/pagodirecto.toml";
 const ENV_PREFIX: &str = "PAGODIRECTO_";
+/// Variables with our prefix that are not config keys: the build's version
+/// (build.rs; cargo also sets it for `cargo run`/`cargo test`) and the
+/// release script's signing key. A release engineer's shell has them.
+const NOT_CONFIG: &[&str] = &[
+    "PAGODIRECTO_VERSION",
+    "PAGODIRECTO_SIGNING_KEY",
+    "PAGODIRECTO_EXTRA_UPDATE_KEY",
+    // Sockets passed from a previous process (`crate::handover::ENV`).
+    "PAGODIRECTO_HANDOVER",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -39,6 +49,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub backup: BackupConfig,
     pub audit: AuditConfig,
+    pub update: UpdateConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -277,6 +288,62 @@ impl Default for AuditConfig {
     }
 }
 
+/// Self-update of a standalone install (`pagodirecto update`, see
+/// `crate::update`); a .deb install is updated by apt and ignores it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// Base URL of a GitHub-style releases API: releases are listed from
+    /// `<feed>/repos/<repo>/releases`. Any mirror serving that shape works.
+    pub feed: String,
+    /// `owner/name` of the repository whose releases are followed.
+    pub repo: String,
+    /// `stable` follows releases only; `beta` also takes pre-releases.
+    pub channel: UpdateChannel,
+    /// Check on a schedule (`check_every`, with jitter) and apply what is found.
+    pub automatic: bool,
+    /// How often an automatic check runs.
+    #[serde(with = "humantime_serde")]
+    pub check_every: Duration,
+    /// How long a new version gets to become ready before it is rolled back.
+    #[serde(with = "humantime_serde")]
+    pub ready_timeout: Duration,
+}
+
+/// Which releases of the feed an install follows.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateChannel {
+    /// Releases only: no semver pre-release, nothing the feed flags `prerelease`.
+    #[default]
+    Stable,
+    /// Releases and pre-releases.
+    Beta,
+}
+
+impl UpdateChannel {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stable => "stable",
+            Self::Beta => "beta",
+        }
+    }
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        Self {
+            feed: "https://api.github.com".into(),
+            repo: "pagodirecto/pagodirecto".into(),
+            channel: UpdateChannel::Stable,
+            automatic: false,
+            check_every: Duration::from_secs(24 * 3600),
+            ready_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 impl AuditConfig {
     /// The schedule pruning actually follows: none when rows are kept forever.
     #[must_use]
@@ -286,6 +353,55 @@ impl AuditConfig {
         } else {
             &self.prune_schedule
         }
+    }
+}
+
+impl UpdateConfig {
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        match reqwest::Url::parse(&self.feed) {
+            Err(err) => out.push((
+                "update.feed",
+                format!("{:?} is not a URL: {err}", self.feed),
+            )),
+            Ok(url) if !matches!(url.scheme(), "http" | "https") => out.push((
+                "update.feed",
+                format!("{:?} must be an http:// or https:// URL", self.feed),
+            )),
+            Ok(url) if url.query().is_some() || url.fragment().is_some() => out.push((
+                "update.feed",
+                format!(
+                    "{:?} must be a base URL (no ?query or #fragment); releases are read from <feed>/repos/<repo>/releases",
+                    self.feed
+                ),
+            )),
+            Ok(_) => {}
+        }
+        let part_ok = |part: &str| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        if !matches!(self.repo.split_once('/'), Some((owner, name)) if part_ok(owner) && part_ok(name))
+        {
+            out.push((
+                "update.repo",
+                format!(
+                    "{:?} must be owner/name, like \"pagodirecto/pagodirecto\"",
+                    self.repo
+                ),
+            ));
+        }
+        if self.check_every < Duration::from_secs(60) {
+            out.push(("update.check_every", "must be at least 1m".into()));
+        }
+        if self.ready_timeout < Duration::from_secs(1) {
+            out.push(("update.ready_timeout", "must be at least 1s".into()));
+        }
+        out
     }
 }
 
@@ -340,6 +456,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             backup: BackupConfig::default(),
             audit: AuditConfig::default(),
+            update: UpdateConfig::default(),
         }
     }
 }
@@ -870,6 +987,7 @@ impl Config {
                 ));
             }
         }
+        out.extend(self.update.problems());
         out
     }
 
@@ -988,8 +1106,7 @@ impl figment::Provider for EnvVars {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            // Sockets passed from a previous process, not configuration.
-            if name == crate::handover::ENV {
+            if NOT_CONFIG.contains(&name.as_str()) {
                 continue;
             }
             let key = rest.to_ascii_lowercase().replace("__", ".");
@@ -1270,6 +1387,40 @@ mod tests {
     }
 
     #[test]
+    fn update_settings_are_checked() {
+        check_invalid(
+            "[update]\nfeed = \"api.github.com\"",
+            "update.feed: \"api.github.com\" is not a URL",
+        );
+        check_invalid(
+            "[update]\nfeed = \"ftp://mirror.example/releases\"",
+            "update.feed: \"ftp://mirror.example/releases\" must be an http:// or https:// URL",
+        );
+        check_invalid(
+            "[update]\nfeed = \"https://mirror.example/?page=2\"",
+            "update.feed: \"https://mirror.example/?page=2\" must be a base URL",
+        );
+        check_invalid(
+            "[update]\nrepo = \"pagodirecto\"",
+            "update.repo: \"pagodirecto\" must be owner/name",
+        );
+        check_invalid(
+            "[update]\nrepo = \"a/b/c\"",
+            "update.repo: \"a/b/c\" must be owner/name",
+        );
+        check_invalid("[update]\nchannel = \"nightly\"", "update.channel");
+        check_invalid("[update]\ncheck_every = \"5s\"", "update.check_every");
+        check_invalid("[update]\nready_timeout = \"0s\"", "update.ready_timeout");
+        let config = Config::from_toml(
+            "[update]\nfeed = \"http://127.0.0.1:8000/api\"\nrepo = \"acme/pago-directo.x\"\nchannel = \"beta\"\nautomatic = true\ncheck_every = \"6h\"\nready_timeout = \"2m\"",
+        )
+        .expect("valid");
+        assert_eq!(config.update.channel, UpdateChannel::Beta);
+        assert_eq!(config.update.check_every, Duration::from_secs(6 * 3600));
+        assert_eq!(config.update.ready_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
     fn postgres_memory_settings_parse_with_their_units() {
         assert_eq!(pg_memory("128MB", 8192), Some(128 << 20));
         assert_eq!(pg_memory("'1GB'", 8192), Some(1 << 30));
@@ -1320,6 +1471,18 @@ mod tests {
                 .expect("valid");
         assert_eq!(loaded.config.data_dir, PathBuf::from("/flag"));
         assert_eq!(loaded.config.server.listen, overrides.listen);
+    }
+
+    #[test]
+    fn the_build_and_release_variables_are_not_config_keys() {
+        let env = vec![
+            ("PAGODIRECTO_VERSION".to_string(), "9.9.9".to_string()),
+            ("PAGODIRECTO_SIGNING_KEY".to_string(), "/k".to_string()),
+        ];
+        let loaded =
+            Config::load_with_env(None, Path::new("/nonexistent"), &Overrides::default(), &env)
+                .expect("not config keys");
+        assert_eq!(loaded.config, Config::default());
     }
 
     #[test]

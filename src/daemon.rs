@@ -108,7 +108,7 @@ pub async fn run(loaded: Loaded, options: Options, mut inherited: Inherited) -> 
     let exe = std::env::current_exe().context("finding this executable's path")?;
     let Loaded { config, source, .. } = loaded.clone();
     let paths = config.paths();
-    info!(version = env!("CARGO_PKG_VERSION"), config = %source, data_dir = %paths.data_dir().display(), "starting");
+    info!(version = crate::update::VERSION, config = %source, data_dir = %paths.data_dir().display(), "starting");
 
     let mut signals = Signals::new()?;
     http::tls::install_provider();
@@ -119,7 +119,7 @@ pub async fn run(loaded: Loaded, options: Options, mut inherited: Inherited) -> 
     let lock = DataDirLock::acquire(&paths.lock_file(), paths.data_dir())?;
     if let Some(last) = handover::Record::load(&paths.update_record())
         && last.outcome == handover::Outcome::RolledBack
-        && last.from == env!("CARGO_PKG_VERSION")
+        && last.from == crate::update::VERSION
     {
         warn!(to = %last.to, reason = last.reason.as_deref().unwrap_or("?"), "the last update was rolled back");
     }
@@ -179,7 +179,7 @@ pub async fn run(loaded: Loaded, options: Options, mut inherited: Inherited) -> 
     let urls = serving.urls();
     info!(elapsed = ?started.elapsed(), ?urls, "ready");
     systemd::ready(&format!("serving on {}", urls.join(", ")));
-    inherited.announce_ready(env!("CARGO_PKG_VERSION"));
+    inherited.announce_ready(crate::update::VERSION);
 
     let context = StatusContext {
         config: &config,
@@ -1496,7 +1496,7 @@ impl StatusContext<'_> {
     async fn report(&self, pg: &postgres::Status, reloader: &Reloader) -> StatusReport {
         let readiness = self.health.check().await;
         StatusReport {
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::update::VERSION.to_string(),
             pid: std::process::id(),
             uptime_secs: self.started.elapsed().as_secs(),
             data_dir: self.config.data_dir.clone(),

@@ -91,7 +91,7 @@ pub struct ApiState {
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    info(title = "PagoDirecto CRM API", description = "Multi-tenant CRM. Errors are application/problem+json (RFC 9457)."),
+    info(title = "PagoDirecto CRM API", version = crate::update::VERSION, description = "Multi-tenant CRM. Errors are application/problem+json (RFC 9457)."),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -219,6 +219,11 @@ pub(crate) mod tests {
             limits: crate::config::LimitsConfig::default(),
             status: None,
         })
+    }
+
+    #[test]
+    fn the_openapi_document_carries_the_binary_version() {
+        assert_eq!(api().1.info.version, crate::update::VERSION);
     }
 
     #[tokio::test]

@@ -61,6 +61,11 @@
 //! - [`backup`]: snapshot-consistent dumps through zstd (and age), verified,
 //!   with manifests, retention, drills and restore; `backup::schedule` for
 //!   cron.
+//! - [`update`]: self-update of a standalone install: the release feed
+//!   (`update::feed`), the signature check against the keys built into the
+//!   binary, the unpacked binary's own `version --json` (`update::verify`),
+//!   a new binary staged beside the executable, the swap that keeps
+//!   `<exe>.previous`, and the dpkg check (a .deb is updated by apt).
 //! - [`auth`]: password hashes, signing keys and tokens, the role →
 //!   permission table.
 //! - [`crm`]: tenants and users created by the appliance and the CLI (as
@@ -114,7 +119,11 @@
 //! - Only `daemon` wires subsystems; lower modules get a config section,
 //!   `Paths`, a cancellation token and channels, never the whole `Config`.
 //! - `http` and `control` are the only modules that serialise to the outside
-//!   (plus the backup manifest, a file format).
+//!   (plus the backup manifest, a file format; `update` only reads the
+//!   release feed).
+//! - Nothing from the release feed runs or replaces the binary before a key
+//!   built into the binary verified its signature; the key list is never
+//!   empty (a compile-time assertion).
 //! - Tenant isolation is enforced by PostgreSQL (forced RLS, composite foreign
 //!   keys), not by handlers: the API's role owns nothing and sees no rows
 //!   until `iam.begin_request` scopes its transaction.
@@ -141,6 +150,7 @@ pub mod auth;
 pub mod crm;
 pub mod demo;
 pub mod backup;
+pub mod update;
 pub mod health;
 pub mod telemetry;
 pub mod http;

@@ -35,8 +35,7 @@ pub fn install() -> PrometheusHandle {
             // Fails only if another recorder is installed: then ours is unused
             // and renders nothing, which a test would notice.
             let _ = metrics::set_global_recorder(recorder);
-            metrics::gauge!("pagodirecto_build_info", "version" => env!("CARGO_PKG_VERSION"))
-                .set(1.0);
+            metrics::gauge!("pagodirecto_build_info", "version" => crate::update::VERSION).set(1.0);
             handle
         })
         .clone()

@@ -78,7 +78,7 @@ fn spinner(action: &BackupAction) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-fn progress(what: &str) -> pipeline::Progress {
+pub(super) fn progress(what: &str) -> pipeline::Progress {
     if !std::io::stderr().is_terminal() {
         return pipeline::Progress::none();
     }
@@ -111,7 +111,7 @@ async fn offline(loaded: &Loaded, action: &BackupAction) -> Result<serde_json::V
     Ok(result?)
 }
 
-fn backups(loaded: &Loaded, session: &Session) -> Backups {
+pub(super) fn backups(loaded: &Loaded, session: &Session) -> Backups {
     let config = &loaded.config;
     let store = Store::new(config.paths().backup_dir(), &config.backup);
     Backups::new(

@@ -532,7 +532,7 @@ fn admins_see_the_status_report_and_resource_samples_and_others_may_not() {
         .get(&crm.owner, "/api/v1/system/status")
         .expect(200)
         .body;
-    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"), "{status}");
+    assert_eq!(status["version"], env!("PAGODIRECTO_VERSION"), "{status}");
     assert_eq!(status["ready"], true, "{status}");
     assert!(status["uptime_secs"].is_u64(), "{status}");
     assert_eq!(status["postgres"]["state"], "ready", "{status}");

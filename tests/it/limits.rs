@@ -211,7 +211,7 @@ fn status_json_shows_daemon_postgres_cgroup_limits_resources_backups_and_config(
         std::thread::sleep(Duration::from_millis(250));
     };
     assert_eq!(status["pid"].as_u64(), Some(daemon.pid() as u64));
-    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["version"], env!("PAGODIRECTO_VERSION"));
     assert_eq!(status["ready"], true);
     assert_eq!(status["postgres"]["state"], "ready");
     assert_eq!(status["postgres"]["restarts"], 0);

@@ -24,4 +24,6 @@ mod external;
 mod handover;
 mod lifecycle;
 mod service;
+mod update;
+mod update_support;
 mod limits;

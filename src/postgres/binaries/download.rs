@@ -179,7 +179,7 @@ pub async fn install_version(
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)
         .timeout(TOTAL_TIMEOUT)
-        .user_agent(concat!("pagodirecto/", env!("CARGO_PKG_VERSION")))
+        .user_agent(concat!("pagodirecto/", env!("PAGODIRECTO_VERSION")))
         .build()
         .map_err(Error::Client)?;
     // The checksum first: without one, the archive is not worth fetching.
