@@ -395,8 +395,8 @@ impl UpdateConfig {
                 ),
             ));
         }
-        if self.check_every < Duration::from_secs(60) {
-            out.push(("update.check_every", "must be at least 1m".into()));
+        if self.check_every < Duration::from_secs(10) {
+            out.push(("update.check_every", "must be at least 10s".into()));
         }
         if self.ready_timeout < Duration::from_secs(1) {
             out.push(("update.ready_timeout", "must be at least 1s".into()));

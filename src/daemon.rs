@@ -70,6 +70,8 @@ enum Event {
     CertificatesChanged,
     /// An accepted update, its backup taken: hand over now.
     HandOver(upgrade::Plan),
+    /// `[update] automatic`: time to look for a newer release.
+    UpdateDue,
 }
 
 /// Why the event loop ended without an error.
@@ -963,6 +965,8 @@ async fn event_loop(
     // pings and systemd restarts us.
     let mut watchdog = systemd::watchdog_interval().map(tokio::time::interval);
     let (plans, mut planned) = mpsc::channel(1);
+    let update_config = context.config.update.clone();
+    let mut update_due = upgrade::checks(&update_config);
     let updating = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         let event = tokio::select! {
@@ -981,6 +985,7 @@ async fn event_loop(
             Some(()) = config_changed.recv() => Event::Reload,
             Some(()) = serving.cert_changed.recv() => Event::CertificatesChanged,
             Some(plan) = planned.recv() => Event::HandOver(plan),
+            Some(()) = update_due.recv() => Event::UpdateDue,
             _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => Event::Watchdog,
         };
         match event {
@@ -1001,6 +1006,18 @@ async fn event_loop(
                         busy: updating.clone(),
                     };
                     upgrade::accept(serving, request, reply, plans.clone());
+                }
+            }
+            Event::UpdateDue => {
+                if !updating.swap(true, Ordering::AcqRel) {
+                    let request = upgrade::Request {
+                        version: String::new(),
+                        schema: 0,
+                        external: context.access.external().is_some(),
+                        busy: updating.clone(),
+                    };
+                    let exe = context.exe.clone();
+                    upgrade::automatic(serving, update_config.clone(), exe, request, plans.clone());
                 }
             }
             Event::PostgresFinished(result) => {

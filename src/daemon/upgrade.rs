@@ -42,7 +42,7 @@ use crate::database::Access;
 use crate::handover::{self, Outcome, Record};
 use crate::lock::DataDirLock;
 use crate::paths::Paths;
-use crate::{migrate, postgres, systemd};
+use crate::{migrate, postgres, systemd, update};
 
 /// An update the event loop accepted: the backup is taken (or due in the
 /// gap), the sockets are to be handed over.
@@ -53,9 +53,20 @@ pub(super) struct Plan {
     pub schema: i64,
     /// The pre-update backup, when taken while serving.
     pub backup: Option<String>,
+    /// The file this process swapped (automatic updates), put back on
+    /// failure; `pagodirecto update` puts its own back.
+    pub installed: Option<update::Installed>,
 }
 
 impl Plan {
+    fn put_back(&self) {
+        if let Some(installed) = &self.installed
+            && let Err(err) = installed.revert()
+        {
+            error!(%err, "cannot put the previous binary back");
+        }
+    }
+
     /// Whether the new version migrates the database (so going back needs
     /// the backup).
     fn migrates(&self) -> bool {
@@ -91,7 +102,9 @@ impl Restart {
     }
 }
 
-/// A [`crate::control::Request::Upgrade`] as the event loop passes it on.
+/// An update to hand over to, as the event loop passes it on: asked for
+/// by `pagodirecto update` ([`crate::control::Request::Upgrade`]) or found
+/// by the automatic check.
 pub(super) struct Request {
     pub version: String,
     pub schema: i64,
@@ -103,9 +116,9 @@ pub(super) struct Request {
 
 type Reply = tokio::sync::oneshot::Sender<Result<serde_json::Value, String>>;
 
-/// Answers [`crate::control::Request::Upgrade`] in the background: takes the pre-update
-/// backup (unless it belongs in the gap) and passes the plan back to the
-/// event loop, which leaves it to hand over.
+/// Answers [`crate::control::Request::Upgrade`] in the background: takes the
+/// pre-update backup (unless it belongs in the gap) and passes the plan
+/// back to the event loop, which leaves it to hand over.
 pub(super) fn accept(
     serving: &Serving,
     request: Request,
@@ -113,57 +126,159 @@ pub(super) fn accept(
     plans: tokio::sync::mpsc::Sender<Plan>,
 ) {
     let backups = serving.backups.clone();
-    let Request {
-        version,
-        schema,
-        external,
-        busy,
-    } = request;
-    let mut plan = Plan {
-        version,
-        schema,
-        backup: None,
-    };
     tokio::spawn(async move {
-        let refuse = |reply: Reply, reason: String| {
-            busy.store(false, std::sync::atomic::Ordering::Release);
-            let _ = reply.send(Err(reason));
-        };
-        if plan.migrates() && external {
-            refuse(
-                reply,
-                format!(
-                    "version {} migrates the database (to level {}), and with an external database a \
-                 failed start could not be rolled back here; stop every instance, back up, then \
-                 update each",
-                    plan.version, plan.schema
-                ),
-            );
-            return;
-        }
-        if !plan.migrates() {
-            match backups
-                .create(Some(&label(&plan.version)), pipeline::Progress::none())
-                .await
-            {
-                Ok(manifest) => plan.backup = Some(manifest.name),
-                Err(err) => {
-                    let reason = format!(
-                        "the pre-update backup failed, so nothing was changed: {:#}",
-                        anyhow::Error::from(err)
-                    );
-                    refuse(reply, reason);
-                    return;
-                }
+        let busy = request.busy.clone();
+        match prepare(&backups, request, None).await {
+            Ok(plan) => {
+                let _ = reply.send(Ok(serde_json::json!({
+                    "backup": plan.backup,
+                    "backup_in_gap": plan.migrates(),
+                    "handing_over_to": plan.version,
+                })));
+                let _ = plans.send(plan).await;
+            }
+            Err(reason) => {
+                busy.store(false, std::sync::atomic::Ordering::Release);
+                let _ = reply.send(Err(reason));
             }
         }
-        let _ = reply.send(Ok(serde_json::json!({
-            "backup": plan.backup,
-            "backup_in_gap": plan.migrates(),
-            "handing_over_to": plan.version,
-        })));
-        let _ = plans.send(plan).await;
     });
+}
+
+/// `[update] automatic`: looks for a newer release; when there is one,
+/// stages and installs it beside `exe` (when this process may write there)
+/// and hands over to it like [`accept`]. What stops it is logged.
+pub(super) fn automatic(
+    serving: &Serving,
+    config: crate::config::UpdateConfig,
+    exe: std::path::PathBuf,
+    request: Request,
+    plans: tokio::sync::mpsc::Sender<Plan>,
+) {
+    let backups = serving.backups.clone();
+    tokio::spawn(async move {
+        let busy = request.busy.clone();
+        let done = |what: &str, reason: String| {
+            busy.store(false, std::sync::atomic::Ordering::Release);
+            warn!(%reason, "automatic update: {what}");
+        };
+        if let Some(package) = update::package_owner(&exe) {
+            return done(
+                "not applied",
+                format!(
+                    "{} is installed by the Debian package {package}; apt updates it",
+                    exe.display()
+                ),
+            );
+        }
+        let options = update::Options {
+            allow_downgrade: false,
+        };
+        let staged = match update::stage(&config, &exe, &options).await {
+            Ok(staged) => staged,
+            Err(update::Error::UpToDate { .. }) => {
+                busy.store(false, std::sync::atomic::Ordering::Release);
+                return info!(
+                    version = update::VERSION,
+                    "automatic update check: up to date"
+                );
+            }
+            Err(err) => return done("not applied", format!("{:#}", anyhow::Error::from(err))),
+        };
+        let request = Request {
+            version: staged.version.to_string(),
+            schema: staged.schema,
+            ..request
+        };
+        let installed = match update::install(staged) {
+            Ok(installed) => installed,
+            Err(err) => {
+                return done(
+                    "not applied",
+                    format!(
+                        "{:#}; run pagodirecto update as root",
+                        anyhow::Error::from(err)
+                    ),
+                );
+            }
+        };
+        info!(to = %request.version, "automatic update: installed; handing over");
+        match prepare(&backups, request, Some(installed)).await {
+            Ok(plan) => {
+                let _ = plans.send(plan).await;
+            }
+            Err(reason) => done("refused", reason),
+        }
+    });
+}
+
+/// Ticks every `[update] check_every` give or take a tenth (so that
+/// instances installed together do not all ask the feed at once), when
+/// `automatic` is on; never otherwise.
+pub(super) fn checks(config: &crate::config::UpdateConfig) -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    if !config.automatic {
+        // Kept alive so the receiver pends instead of closing.
+        std::mem::forget(tx);
+        return rx;
+    }
+    let every = config.check_every;
+    tokio::spawn(async move {
+        loop {
+            let mut random = [0u8; 8];
+            let _ = getrandom::fill(&mut random);
+            let factor = 0.9 + 0.2 * f64::from(random[0]) / 255.0;
+            tokio::time::sleep(every.mul_f64(factor)).await;
+            if tx.send(()).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The checks of a [`Request`] and the pre-update backup (unless it
+/// belongs in the gap). A refusal puts `installed` back.
+async fn prepare(
+    backups: &crate::backup::Backups,
+    request: Request,
+    installed: Option<update::Installed>,
+) -> Result<Plan, String> {
+    let mut plan = Plan {
+        version: request.version,
+        schema: request.schema,
+        backup: None,
+        installed,
+    };
+    let refused = |plan: &Plan, reason: String| {
+        plan.put_back();
+        reason
+    };
+    if plan.migrates() && request.external {
+        let reason = format!(
+            "version {} migrates the database (to level {}), and with an external database a \
+             failed start could not be rolled back here; stop every instance, back up, then \
+             update each",
+            plan.version, plan.schema
+        );
+        return Err(refused(&plan, reason));
+    }
+    if !plan.migrates() {
+        match backups
+            .create(Some(&label(&plan.version)), pipeline::Progress::none())
+            .await
+        {
+            Ok(manifest) => plan.backup = Some(manifest.name),
+            Err(err) => {
+                let reason = format!(
+                    "the pre-update backup failed, so nothing was changed: {:#}",
+                    anyhow::Error::from(err)
+                );
+                return Err(refused(&plan, reason));
+            }
+        }
+    }
+    Ok(plan)
 }
 
 fn label(version: &str) -> String {
@@ -318,6 +433,7 @@ struct Attempt<'a> {
 impl Attempt<'_> {
     /// Records the failure; the caller execs the old image.
     fn fail(self, reason: String) -> Exit {
+        self.plan.put_back();
         self.record(Outcome::RolledBack, Some(reason));
         Exit::Restart(self.restart)
     }

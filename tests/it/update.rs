@@ -429,3 +429,55 @@ fn a_new_version_that_never_becomes_ready_is_rolled_back_and_the_old_one_serves(
         "status shows the rollback"
     );
 }
+
+#[test]
+fn an_automatic_check_finds_a_newer_release_and_the_daemon_updates_itself() {
+    let next = next_patch();
+    let newer = newer_binary();
+    let feed = Feed::serve(vec![FakeRelease::signed(&next, Some(&newer))]);
+    let data = DataDir::new();
+    let install = Install::new();
+    let mut daemon = data.spawn_bin(
+        &install.exe,
+        &[],
+        &[
+            ("PAGODIRECTO_BACKUP__SCHEDULE", ""),
+            ("PAGODIRECTO_UPDATE__FEED", &feed.url),
+            ("PAGODIRECTO_UPDATE__AUTOMATIC", "true"),
+            ("PAGODIRECTO_UPDATE__CHECK_EVERY", "10s"),
+        ],
+    );
+    daemon.wait_ready(Duration::from_secs(60));
+    sql(
+        &data,
+        "CREATE TABLE public.kept (n int); INSERT INTO public.kept VALUES (42)",
+    );
+
+    // No command: the daemon's own check (every 10 s ± 1 s) finds it.
+    assert!(
+        daemon.wait_exit(Duration::from_secs(120)).success(),
+        "{}",
+        daemon.log()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let out = data.cli(&["status", "--json"]);
+        if out.status.success() {
+            let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+            if status["ready"] == true {
+                break status;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new version never served\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(after["version"], next.to_string());
+    assert_eq!(after["last_update"]["outcome"], "updated");
+    assert!(after["last_update"]["backup"].is_string(), "{after}");
+    assert_eq!(reported_version(&install.exe).0, next);
+    assert_eq!(sql(&data, "SELECT n FROM public.kept"), "42");
+}
