@@ -18,16 +18,20 @@
 //!  ├─ schedules: backups (cron) with retention, restore drills, audit
 //!  │             pruning — led jobs: run by one instance, caught up when
 //!  │             an instance starts leading
-//!  └─ watchers: config file (+ SIGHUP), TLS certificate files, resource
-//!               sampler, systemd watchdog
+//!  ├─ watchers: config file (+ SIGHUP), TLS certificate files, resource
+//!  │            sampler, systemd watchdog, `[update] automatic` checks
+//!  └─ on update: backup → drain → stop postgres → start the new binary with
+//!               the listening sockets → it says ready (or the old image
+//!               is exec'd again, restoring the backup if it migrated)
 //! ```
 //!
 //! Start: config → logging → lock the data dir → cgroups (when the host
 //! allows) → find (or download) PostgreSQL binaries → initdb on first start →
 //! start postgres as a child and wait until it accepts connections → create the database and migrate (under
 //! an advisory lock) → first owner (and `--demo` data) → open the pool →
-//! bind listeners → READY=1 → serve. Stop (SIGTERM/SIGINT): stop accepting,
-//! drain, abort a running backup, stop postgres, exit 0.
+//! bind listeners (or take inherited ones) → READY=1 (and `ready` to a
+//! predecessor) → serve. Stop (SIGTERM/SIGINT): stop accepting, drain,
+//! abort a running backup, stop postgres, exit 0.
 //!
 //! ## Code map (calls go down, events go up)
 //!
@@ -40,7 +44,13 @@
 //! - [`daemon`]: the composition root and event loop; the only module that
 //!   knows every other one. `daemon::led`: what the leader runs once —
 //!   the catch-up of missed scheduled runs when it starts leading, and
-//!   audit pruning (`[audit]`).
+//!   audit pruning (`[audit]`). `daemon::upgrade`: replacing the running
+//!   process with a new binary (pre-update backup, hand-over, health gate,
+//!   rollback) and the automatic update checks.
+//! - [`handover`]: listening sockets across processes — taken over at start
+//!   (systemd `LISTEN_FDS`, or `PAGODIRECTO_HANDOVER` from a predecessor),
+//!   passed to a successor (spawn) or to the old image again (exec), the
+//!   readiness pipe, and the last update's record (`<data>/update.json`).
 //! - [`supervisor`]: generic child supervision (restart, backoff, crash loop,
 //!   stop ladder), and the limits a child takes on before exec (its
 //!   cgroup, rlimits).
