@@ -481,3 +481,68 @@ fn an_automatic_check_finds_a_newer_release_and_the_daemon_updates_itself() {
     assert_eq!(reported_version(&install.exe).0, next);
     assert_eq!(sql(&data, "SELECT n FROM public.kept"), "42");
 }
+
+#[test]
+fn refused_archives_leave_a_running_daemon_serving_the_old_version() {
+    let next = next_patch();
+    let name = asset_name(&next);
+    let fake = binary_reporting(&next);
+    let binary = Some(&*fake);
+    let signed = sign(&archive(&next, binary), &name, &test_key());
+    let liar = binary_reporting(&current_version());
+    let refusals = [
+        (
+            FakeRelease::with_archive(&next, archive(&next, binary)),
+            "no valid signature",
+        ),
+        (
+            FakeRelease::with_archive(
+                &next,
+                sign(&archive(&next, binary), &name, &untrusted_key()),
+            ),
+            "no valid signature",
+        ),
+        (
+            FakeRelease::with_archive(&next, signed[..signed.len() / 2].to_vec()),
+            "truncated",
+        ),
+        (
+            FakeRelease::signed(&semver::Version::new(0, 0, 1), binary),
+            "refusing a downgrade",
+        ),
+        (
+            FakeRelease::signed(&next, Some(&liar)),
+            "but the binary inside reports version",
+        ),
+    ];
+    let data = DataDir::new();
+    let install = Install::new();
+    let original = std::fs::read(&install.exe).expect("read");
+    let daemon = data.spawn_bin(&install.exe, &[], &[("PAGODIRECTO_BACKUP__SCHEDULE", "")]);
+    let mut daemon = daemon;
+    daemon.wait_ready(Duration::from_secs(60));
+    let before = status_json(&data);
+    let prober = Prober::start(daemon.addr.as_deref().expect("ready"), "/health");
+    for (release, expected) in refusals {
+        let feed = Feed::serve(vec![release]);
+        let out = install.update_cmd(&feed, data.path(), &["update"]);
+        let err = stderr(&out);
+        assert!(
+            !out.status.success() && err.contains(expected),
+            "expected {expected:?}:\n{err}"
+        );
+        assert!(err.contains("nothing was changed"), "{err}");
+    }
+    let (answered, failures) = prober.finish();
+    let after = status_json(&data);
+    assert_eq!(after["pid"], before["pid"]);
+    assert_eq!(after["version"], before["version"]);
+    assert!(
+        after["last_update"].is_null(),
+        "no update was attempted: {after}"
+    );
+    assert_eq!(std::fs::read(&install.exe).expect("read"), original);
+    assert_eq!(install.files(), ["pagodirecto"]);
+    assert!(failures.is_empty() && answered > 0, "{failures:?}");
+    assert!(daemon.try_wait().is_none());
+}
