@@ -358,6 +358,8 @@ pub struct Cgroups {
     mode: Mode,
     note: String,
     tree: Option<Tree>,
+    /// Set once the tree was removed ([`Cgroups::release`]): not again on drop.
+    released: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -411,6 +413,7 @@ impl Cgroups {
                         tree.postgres.memory.display()
                     ),
                     tree: Some(tree),
+                    released: std::sync::atomic::AtomicBool::new(false),
                 }
             }
             Err(err) => {
@@ -425,6 +428,7 @@ impl Cgroups {
             mode: Mode::None,
             note: format!("{reason}; relying on the derived settings and rlimits"),
             tree: None,
+            released: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -479,11 +483,26 @@ impl Cgroups {
 
 /// Removes the groups (see `Tree::undo`); the daemon drops them once
 /// postgres has exited.
-impl Drop for Cgroups {
-    fn drop(&mut self) {
+impl Cgroups {
+    /// Removes the tree now (postgres must have stopped), as dropping does:
+    /// before a successor process sets up its own. Once; later calls and
+    /// the drop do nothing.
+    pub fn release(&self) {
+        if self
+            .released
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
         if let Some(tree) = &self.tree {
             tree.undo();
         }
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 

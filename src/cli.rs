@@ -227,6 +227,14 @@ pub enum ConfigAction {
 
 /// Runs `cli`; the exit code says how it went.
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    // Before the runtime starts threads: it edits the environment.
+    let inherited = match &cli.command {
+        Command::Run { .. } => {
+            crate::handover::Inherited::from_env().context("taking over the listening sockets")?
+        }
+        _ => crate::handover::Inherited::default(),
+    };
+    let global_args = global_args(cli.config.as_deref(), cli.data_dir.as_deref());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("pagodirecto")
@@ -260,7 +268,25 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Service { action } => service::run(&action),
         Command::Run {
             demo, dev_assets, ..
-        } => runtime.block_on(run::run(load()?, demo, dev_assets)),
+        } => {
+            let options = crate::daemon::Options {
+                demo,
+                dev_assets,
+                log_level: None,
+                args: std::env::args_os().skip(1).collect(),
+                global_args,
+            };
+            let exit = runtime.block_on(run::run(load()?, options, inherited))?;
+            // Threads, the log writer and the sockets' other users are gone.
+            drop(runtime);
+            match exit {
+                crate::daemon::Exit::Restart(restart) => Err(anyhow::Error::from(restart.exec())
+                    .context("going back to the running version")),
+                crate::daemon::Exit::Stopped | crate::daemon::Exit::HandedOver => {
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
         Command::Status { json } => runtime.block_on(status::run(&load()?, json)),
         Command::Metrics => runtime.block_on(status::metrics(&load()?)),
         Command::Doctor => runtime.block_on(doctor::run(load(), data_dir.clone())),
@@ -292,6 +318,21 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         },
         Command::Postgres { action } => runtime.block_on(postgres_cmd::run(&load()?, action)),
     }
+}
+
+/// `--config`/`--data-dir` as given, to pass to another subcommand.
+fn global_args(
+    config: Option<&std::path::Path>,
+    data_dir: Option<&std::path::Path>,
+) -> Vec<std::ffi::OsString> {
+    let mut args = Vec::new();
+    if let Some(config) = config {
+        args.extend(["--config".into(), config.as_os_str().to_owned()]);
+    }
+    if let Some(data_dir) = data_dir {
+        args.extend(["--data-dir".into(), data_dir.as_os_str().to_owned()]);
+    }
+    args
 }
 
 /// Logging for commands other than `run`: stderr only, warnings and up

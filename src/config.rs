@@ -29,6 +29,8 @@ const ENV_PREFIX: &str = "PAGODIRECTO_";
 /// Variables with our prefix that are not config keys: the build's version
 /// (build.rs; cargo also sets it for `cargo run`/`cargo test`) and the
 /// release script's signing key. A release engineer's shell has them.
+/// (`crate::handover::ENV`, sockets passed from a previous process, is
+/// skipped too.)
 const NOT_CONFIG: &[&str] = &["PAGODIRECTO_VERSION", "PAGODIRECTO_SIGNING_KEY"];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -43,6 +45,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub backup: BackupConfig,
     pub update: UpdateConfig,
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -317,6 +320,26 @@ impl Default for UpdateConfig {
     }
 }
 
+/// How long the audit log is kept. Pruning is a job that runs once across
+/// instances (the leader's), as the tables' owner.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Audit rows older than this many days are deleted; 0 = kept forever.
+    pub keep_days: u32,
+    /// When to prune: a 5-field cron expression in local time ("" = never).
+    pub prune_schedule: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            keep_days: 365,
+            prune_schedule: "15 4 * * *".into(),
+        }
+    }
+}
+
 impl UpdateConfig {
     fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
@@ -363,6 +386,18 @@ impl UpdateConfig {
             out.push(("update.ready_timeout", "must be at least 1s".into()));
         }
         out
+    }
+}
+
+impl AuditConfig {
+    /// The schedule pruning actually follows: none when rows are kept forever.
+    #[must_use]
+    pub fn effective_schedule(&self) -> &str {
+        if self.keep_days == 0 {
+            ""
+        } else {
+            &self.prune_schedule
+        }
     }
 }
 
@@ -417,6 +452,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             backup: BackupConfig::default(),
             update: UpdateConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -866,6 +902,7 @@ impl Config {
         for (key, cron) in [
             ("backup.schedule", &self.backup.schedule),
             ("backup.drill", &self.backup.drill),
+            ("audit.prune_schedule", &self.audit.prune_schedule),
         ] {
             if !cron.trim().is_empty()
                 && let Err(err) = cron.parse::<croner::Cron>()
@@ -1065,7 +1102,7 @@ impl figment::Provider for EnvVars {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            if NOT_CONFIG.contains(&name.as_str()) {
+            if NOT_CONFIG.contains(&name.as_str()) || name == crate::handover::ENV {
                 continue;
             }
             let key = rest.to_ascii_lowercase().replace("__", ".");
@@ -1245,6 +1282,18 @@ mod tests {
         );
         Config::from_toml("[backup]\nschedule = \"\"\ndrill = \"\"")
             .expect("empty schedules mean never");
+    }
+
+    #[test]
+    fn audit_settings_are_checked() {
+        check_invalid(
+            "[audit]\nprune_schedule = \"daily\"",
+            "audit.prune_schedule: \"daily\" is not a cron expression",
+        );
+        check_invalid("[audit]\nkeep_days = -1", "audit.keep_days");
+        let forever = Config::from_toml("[audit]\nkeep_days = 0").expect("0 = forever");
+        assert_eq!(forever.audit.effective_schedule(), "");
+        assert_eq!(Config::default().audit.effective_schedule(), "15 4 * * *");
     }
 
     #[test]

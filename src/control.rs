@@ -39,11 +39,14 @@ pub enum Request {
     /// Start signing access tokens with a new key; the old ones keep
     /// verifying until the tokens they signed expire.
     RotateKey,
-    /// `pagodirecto update`: stage the newest release (see `crate::update`),
-    /// back up, swap the binary and restart into it.
-    Update {
-        /// Take the newest release even when it is not newer than ours.
-        allow_downgrade: bool,
+    /// The binary at the daemon's path is now `version` (already verified
+    /// and installed by the caller), whose migrations reach `schema`: back
+    /// up, then hand the listening sockets over to it, and roll back to
+    /// the running image if it is not ready in time. Answered once the
+    /// backup is taken; the outcome shows in `status` (`last_update`).
+    Upgrade {
+        version: String,
+        schema: i64,
     },
 }
 
@@ -78,6 +81,12 @@ pub struct StatusReport {
     pub restart_pending: Vec<String>,
     /// Why the last change to the config file was refused, if it was.
     pub config_error: Option<String>,
+    /// The executable the daemon runs (what `update` replaces).
+    #[serde(default)]
+    pub exe: Option<PathBuf>,
+    /// How the last update went (kept across restarts).
+    #[serde(default)]
+    pub last_update: Option<crate::handover::Record>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

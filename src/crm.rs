@@ -1,6 +1,7 @@
 //! Operator-level CRM administration: tenants and users created by the
 //! appliance itself (first start) and by the CLI (`tenant add`, `user add`,
-//! `user reset-password`), as the database superuser.
+//! `user reset-password`), as the database superuser; and the pruning of
+//! old audit rows (`[audit] keep_days`, a job the daemon's leader runs).
 //!
 //! Called by `daemon` and `cli`. The API never comes here: it works through
 //! the application role under Row-Level Security.
@@ -155,4 +156,35 @@ pub async fn reset_password(
         .await
         .map_err(db("revoking the user's sessions"))?;
     Ok(())
+}
+
+/// Rows deleted per statement when pruning: short transactions, so pruning
+/// a large backlog never holds locks (or bloats WAL) in one go.
+const PRUNE_BATCH: i64 = 5_000;
+
+/// Deletes audit rows older than `keep_days` days, every tenant's, in
+/// batches; returns how many went. As the tables' owner (superuser, or the
+/// url's user with `BYPASSRLS`): the API role may only read audit rows.
+pub async fn prune_audit(client: &Client, keep_days: u32) -> Result<u64, Error> {
+    let days = i32::try_from(keep_days).unwrap_or(i32::MAX);
+    let cutoff: time::OffsetDateTime = client
+        .query_one("SELECT now() - make_interval(days => $1)", &[&days])
+        .await
+        .map_err(db("computing the audit cut-off"))?
+        .get(0);
+    let mut total = 0;
+    loop {
+        let deleted = client
+            .execute(
+                "DELETE FROM audit.events WHERE id IN \
+                 (SELECT id FROM audit.events WHERE at < $1 ORDER BY id LIMIT $2)",
+                &[&cutoff, &PRUNE_BATCH],
+            )
+            .await
+            .map_err(db("deleting old audit rows"))?;
+        total += deleted;
+        if deleted < u64::try_from(PRUNE_BATCH).unwrap_or(u64::MAX) {
+            return Ok(total);
+        }
+    }
 }

@@ -32,12 +32,17 @@ use crate::control::{
     Request, ResourceReport, StatusReport,
 };
 use crate::database::{self, Access};
+use crate::handover::{self, Inherited};
 use crate::health::Health;
 use crate::lock::DataDirLock;
 use crate::paths::Paths;
 use crate::postgres::{self, Cluster, State};
 use crate::secrets::SecretFile;
 use crate::{crm, demo, fsutil, http, logging, migrate, supervisor, systemd, telemetry};
+
+mod led;
+mod upgrade;
+pub use upgrade::{Exit, Restart};
 
 /// Where the application role's password is kept, under `Paths::secrets_dir`.
 pub const APP_SECRET: &str = "postgres-app.password";
@@ -50,14 +55,27 @@ enum Event {
     PostgresFinished(Result<(), postgres::Error>),
     PostgresChanged(postgres::Status),
     Control(Request, oneshot::Sender<Result<serde_json::Value, String>>),
-    /// The backup schedule (or a missed run at start) says: back up now.
+    /// The backup schedule says: back up now.
     BackupDue,
     DrillDue,
+    /// The audit pruning schedule says: prune now.
+    AuditDue,
+    /// This instance became the one that runs the jobs that must run once
+    /// (at start when embedded): it catches up the runs that were missed.
+    Leading,
     /// Time to tell systemd's watchdog the event loop and supervision live.
     Watchdog,
     Reload,
     /// The TLS certificate or key file changed on disk.
     CertificatesChanged,
+    /// An accepted update, its backup taken: hand over now.
+    HandOver(upgrade::Plan),
+}
+
+/// Why the event loop ended without an error.
+enum Stop {
+    Signal,
+    Upgrade(upgrade::Plan),
 }
 
 /// How this start differs from a plain one (flags of `pagodirecto run`),
@@ -71,11 +89,23 @@ pub struct Options {
     pub dev_assets: Option<PathBuf>,
     /// Changes the log level when `[logging] level` is reloaded.
     pub log_level: Option<logging::Level>,
+    /// This process's arguments (after the program name): a successor
+    /// after an update is started with the same.
+    pub args: Vec<std::ffi::OsString>,
+    /// `--config`/`--data-dir` as given, for other subcommands run on our
+    /// behalf (`restore` during a rollback).
+    pub global_args: Vec<std::ffi::OsString>,
 }
 
-/// Runs the appliance until SIGTERM/SIGINT (`Ok`) or an unrecoverable failure.
-pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
+/// Runs the appliance until SIGTERM/SIGINT, a hand-over to a new version,
+/// or an unrecoverable failure. `inherited`: listening sockets passed in
+/// (systemd, or the previous version).
+#[allow(clippy::too_many_lines)] // the start and stop sequence, in order
+pub async fn run(loaded: Loaded, options: Options, mut inherited: Inherited) -> Result<Exit> {
     let started = Instant::now();
+    // Named now: once an update replaced the file, this process's image
+    // has no name any more.
+    let exe = std::env::current_exe().context("finding this executable's path")?;
     let Loaded { config, source, .. } = loaded.clone();
     let paths = config.paths();
     info!(version = crate::update::VERSION, config = %source, data_dir = %paths.data_dir().display(), "starting");
@@ -86,7 +116,13 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
     let assets = web_assets(options.dev_assets)?;
     fsutil::ensure_dir(paths.data_dir(), 0o700)
         .with_context(|| format!("creating the data dir {}", paths.data_dir().display()))?;
-    let _lock = DataDirLock::acquire(&paths.lock_file(), paths.data_dir())?;
+    let lock = DataDirLock::acquire(&paths.lock_file(), paths.data_dir())?;
+    if let Some(last) = handover::Record::load(&paths.update_record())
+        && last.outcome == handover::Outcome::RolledBack
+        && last.from == env!("CARGO_PKG_VERSION")
+    {
+        warn!(to = %last.to, reason = last.reason.as_deref().unwrap_or("?"), "the last update was rolled back");
+    }
     clear_runtime_files(&paths);
     // Declared before postgres starts, so it is dropped (its groups removed)
     // only after postgres has stopped.
@@ -116,6 +152,7 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
             options.demo,
             assets,
             &cgroups,
+            &mut inherited,
         )
         .await
         .map(Some)
@@ -135,13 +172,14 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
                     Err(crash) => anyhow::Error::from(crash).context("starting postgres"),
                     Ok(()) => err,
                 }),
-                _ => stopped.context("stopping postgres"),
+                _ => stopped.context("stopping postgres").map(|()| Exit::Stopped),
             };
         }
     };
     let urls = serving.urls();
     info!(elapsed = ?started.elapsed(), ?urls, "ready");
     systemd::ready(&format!("serving on {}", urls.join(", ")));
+    inherited.announce_ready(env!("CARGO_PKG_VERSION"));
 
     let context = StatusContext {
         config: &config,
@@ -156,6 +194,8 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
         started,
         cgroups: cgroups.clone(),
         open_files,
+        exe: exe.clone(),
+        update_record: paths.update_record(),
     };
     let mut reloader = Reloader::new(loaded, options.log_level.clone());
     let outcome = event_loop(
@@ -166,6 +206,28 @@ pub async fn run(loaded: Loaded, options: Options) -> Result<()> {
         &mut reloader,
     )
     .await;
+    drop(context);
+    let outcome = match outcome {
+        Ok(Stop::Upgrade(plan)) => {
+            let running = upgrade::Running {
+                config: &config,
+                paths: &paths,
+                access: &access,
+                signals: &mut signals,
+                serving,
+                server,
+                stop_postgres,
+                lock,
+                cgroups,
+                exe,
+                args: options.args,
+                global_args: options.global_args,
+            };
+            return upgrade::hand_over(plan, running).await;
+        }
+        Ok(Stop::Signal) => Ok(Exit::Stopped),
+        Err(err) => Err(err),
+    };
 
     // Reverse start order: nothing new comes in, in-flight requests finish,
     // and only then does the database they need go away.
@@ -222,6 +284,7 @@ struct Serving {
     backups: Arc<Backups>,
     backup_due: mpsc::Receiver<()>,
     drill_due: mpsc::Receiver<()>,
+    audit_due: mpsc::Receiver<()>,
     stop_schedules: CancellationToken,
     postgres_up: watch::Sender<bool>,
     /// Whether this instance runs the jobs that must run once (always, embedded).
@@ -236,7 +299,10 @@ struct Serving {
     cert_watcher: Option<notify::RecommendedWatcher>,
     control: mpsc::Receiver<control::Pending>,
     stop_http: CancellationToken,
-    http: tokio::task::JoinHandle<()>,
+    /// `None` once HTTP has stopped.
+    http: Option<tokio::task::JoinHandle<()>>,
+    /// Copies of the listening sockets, for a successor after an update.
+    sockets: handover::Sockets,
     stop_control: CancellationToken,
     /// Ends the external liveness monitor and leadership (frees the lock).
     stop_database: CancellationToken,
@@ -244,6 +310,7 @@ struct Serving {
 
 /// Migrates, opens the pool, binds the listeners and the control socket.
 #[allow(clippy::too_many_lines)] // the start sequence, in order; each step is a call
+#[allow(clippy::too_many_arguments)] // what `run` has set up so far, each used once
 async fn start_serving(
     config: &Config,
     paths: &Paths,
@@ -252,6 +319,7 @@ async fn start_serving(
     demo: bool,
     assets: http::assets::Assets,
     cgroups: &Arc<Cgroups>,
+    inherited: &mut Inherited,
 ) -> Result<Serving> {
     let owner = owner(access);
     let app_password = SecretFile::new(&paths.secrets_dir(), APP_SECRET).load_or_create(owner)?;
@@ -287,7 +355,11 @@ async fn start_serving(
         ));
         stats
     });
-    let leader = database::leader::spawn(access.clone(), database.clone(), stop_database.clone());
+    let mut leader =
+        database::leader::spawn(access.clone(), database.clone(), stop_database.clone());
+    // The event loop catches up missed runs when this instance starts
+    // leading; embedded, it leads from the start, which counts as a change.
+    leader.mark_changed();
     let health = Health::new(
         up_rx,
         paths.data_dir().to_path_buf(),
@@ -306,23 +378,29 @@ async fn start_serving(
     ));
     let backup_due = schedule(&config.backup.schedule, "backup.schedule", &stop_schedules)?;
     let drill_due = schedule(&config.backup.drill, "backup.drill", &stop_schedules)?;
-    if let Some(schedule) = Schedule::parse(&config.backup.schedule)? {
-        let last = backups.history().last_success.map(|m| m.created_at);
-        let last = last.and_then(|t| chrono::DateTime::from_timestamp(t.unix_timestamp(), 0));
-        // External: only the leader catches up, and leadership is decided
-        // a moment after start; the next scheduled run is the leader's.
-        if access.external().is_none() && schedule.missed(last, &chrono::Local::now()) {
-            info!("a scheduled backup was missed (or none exists yet); catching up now");
-            spawn_backup(&backups, None);
-        }
-    }
+    let audit_due = schedule(
+        config.audit.effective_schedule(),
+        "audit.prune_schedule",
+        &stop_schedules,
+    )?;
 
     let certs = certificates(&config.server, paths)?;
-    let listeners = bind(&config.server.listen, "server.listen")?;
+    let listeners = listen(&config.server.listen, "server.listen", inherited)?;
     let redirect = match config.server.redirect_http {
-        Some(addr) => bind(&[addr], "server.redirect_http")?,
+        Some(addr) => listen(&[addr], "server.redirect_http", inherited)?,
         None => Vec::new(),
     };
+    inherited.close_unused();
+    let mut sockets = handover::Sockets::default();
+    for (name, listener) in listeners
+        .iter()
+        .map(|l| ("http", l))
+        .chain(redirect.iter().map(|l| ("redirect", l)))
+    {
+        sockets
+            .keep(name, listener)
+            .context("keeping a copy of a listening socket")?;
+    }
     let bound: Vec<SocketAddr> = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
@@ -402,12 +480,12 @@ async fn start_serving(
             tls: None,
         }
     }));
-    let http = tokio::spawn(http::server::serve(
+    let http = Some(tokio::spawn(http::server::serve(
         served,
         config.server.header_read_timeout,
         stop_http.clone(),
         config.server.drain_timeout,
-    ));
+    )));
     let (cert_changed, cert_watcher) = watch_certificates(certs.as_deref());
     Ok(Serving {
         api: api.clone(),
@@ -419,6 +497,7 @@ async fn start_serving(
         backups,
         backup_due,
         drill_due,
+        audit_due,
         stop_schedules,
         postgres_up,
         leader,
@@ -430,6 +509,7 @@ async fn start_serving(
         control,
         stop_http,
         http,
+        sockets,
         stop_control,
         stop_database,
     })
@@ -508,7 +588,7 @@ impl Serving {
             .collect()
     }
 
-    /// Replaces the backup and drill tickers after a config reload.
+    /// Replaces the backup, drill and audit tickers after a config reload.
     fn restart_schedules(&mut self, config: &Config) {
         self.stop_schedules.cancel();
         self.stop_schedules = CancellationToken::new();
@@ -519,22 +599,35 @@ impl Serving {
                 &self.stop_schedules,
             ),
             schedule(&config.backup.drill, "backup.drill", &self.stop_schedules),
+            schedule(
+                config.audit.effective_schedule(),
+                "audit.prune_schedule",
+                &self.stop_schedules,
+            ),
         );
         match tickers {
-            (Ok(backup), Ok(drill)) => {
+            (Ok(backup), Ok(drill), Ok(audit)) => {
                 self.backup_due = backup;
                 self.drill_due = drill;
+                self.audit_due = audit;
             }
-            // Validation parsed both already; keep the old ones if not.
-            (Err(err), _) | (_, Err(err)) => {
+            // Validation parsed them already; keep the old ones if not.
+            (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => {
                 warn!(error = %err, "cannot restart the backup schedules");
             }
         }
     }
 
-    async fn stop(self, drain: Duration) {
+    /// Stops accepting connections and waits for the open ones to finish.
+    async fn stop_accepting(&mut self) {
         self.stop_http.cancel();
-        let _ = self.http.await;
+        if let Some(http) = self.http.take() {
+            let _ = http.await;
+        }
+    }
+
+    async fn stop(mut self, drain: Duration) {
+        self.stop_accepting().await;
         self.stop_control.cancel();
         self.stop_schedules.cancel();
         // A backup in progress is aborted (it leaves nothing) before the
@@ -747,6 +840,7 @@ fn is_live(key: &str, tls_on: bool) -> bool {
             | "server.max_body"
     ) || (tls_on && matches!(key, "server.tls_cert" | "server.tls_key"))
         || (key.starts_with("backup.") && key != "backup.directory")
+        || key.starts_with("audit.")
 }
 
 impl Reloader {
@@ -799,6 +893,11 @@ impl Reloader {
         }
         if live.iter().any(|k| k.starts_with("backup.")) {
             serving.backups.set_config(&new.config.backup);
+        }
+        if live
+            .iter()
+            .any(|k| k.starts_with("backup.") || k.starts_with("audit."))
+        {
             serving.restart_schedules(&new.config);
         }
         if live.iter().any(|k| k.starts_with("server.tls_"))
@@ -844,7 +943,7 @@ async fn event_loop(
     serving: &mut Serving,
     context: &StatusContext<'_>,
     reloader: &mut Reloader,
-) -> Result<()> {
+) -> Result<Stop> {
     // External: nothing is supervised; the sender lives as long as the loop
     // so `changed()` pends instead of failing at once (a busy loop).
     let (_no_supervisor, unsupervised) = watch::channel(external_status());
@@ -863,6 +962,8 @@ async fn event_loop(
     // Pinged from this loop, so a wedged loop (or supervision gone) stops the
     // pings and systemd restarts us.
     let mut watchdog = systemd::watchdog_interval().map(tokio::time::interval);
+    let (plans, mut planned) = mpsc::channel(1);
+    let updating = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         let event = tokio::select! {
             biased;
@@ -875,15 +976,32 @@ async fn event_loop(
             Some((request, reply)) = serving.control.recv() => Event::Control(request, reply),
             Some(()) = serving.backup_due.recv() => Event::BackupDue,
             Some(()) = serving.drill_due.recv() => Event::DrillDue,
+            Some(()) = serving.audit_due.recv() => Event::AuditDue,
+            Ok(()) = serving.leader.changed() => if *serving.leader.borrow_and_update() { Event::Leading } else { continue },
             Some(()) = config_changed.recv() => Event::Reload,
             Some(()) = serving.cert_changed.recv() => Event::CertificatesChanged,
+            Some(plan) = planned.recv() => Event::HandOver(plan),
             _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => Event::Watchdog,
         };
         match event {
             Event::Shutdown(name) => {
                 info!(signal = name, "shutting down");
                 systemd::stopping();
-                return Ok(());
+                return Ok(Stop::Signal);
+            }
+            Event::HandOver(plan) => return Ok(Stop::Upgrade(plan)),
+            Event::Control(Request::Upgrade { version, schema }, reply) => {
+                if updating.swap(true, Ordering::AcqRel) {
+                    let _ = reply.send(Err("an update is already in progress".into()));
+                } else {
+                    let request = upgrade::Request {
+                        version,
+                        schema,
+                        external: context.access.external().is_some(),
+                        busy: updating.clone(),
+                    };
+                    upgrade::accept(serving, request, reply, plans.clone());
+                }
             }
             Event::PostgresFinished(result) => {
                 return Err(anyhow::Error::from(
@@ -919,12 +1037,6 @@ async fn event_loop(
             Event::Control(Request::RotateKey, reply) => {
                 let _ = reply.send(rotate_key(context.access, serving).await);
             }
-            Event::Control(Request::Update { .. }, reply) => {
-                let _ = reply.send(Err(
-                    "updating a running daemon is not wired yet; stop it and run pagodirecto update"
-                        .into(),
-                ));
-            }
             Event::Control(Request::Status, reply) => {
                 let pg = pg_status.borrow().clone();
                 let _ = reply.send(
@@ -949,6 +1061,19 @@ async fn event_loop(
                 tokio::spawn(async move {
                     let _ = backups.drill().await;
                 });
+            }
+            Event::Leading => {
+                led::catch_up(context.access, &serving.backups, &reloader.current.config);
+            }
+            Event::AuditDue if !*serving.leader.borrow() => {
+                info!("scheduled audit pruning left to the leading instance");
+            }
+            Event::AuditDue => {
+                let access = context.access.clone();
+                let config = &reloader.current.config;
+                let database = access.app_database(&config.database.name);
+                let keep_days = config.audit.keep_days;
+                tokio::spawn(async move { led::prune_audit(&access, &database, keep_days).await });
             }
             Event::Reload => reloader.reload(serving),
             Event::CertificatesChanged => reload_certificates(serving.certs.as_deref()),
@@ -1001,8 +1126,9 @@ fn backup_request(
     tokio::spawn(async move {
         let none = pipeline::Progress::none;
         let answer = match request {
-            Request::Status | Request::Metrics | Request::RotateKey | Request::Update { .. } => {
-                Ok(serde_json::Value::Null) // answered by the event loop
+            // Answered by the event loop.
+            Request::Status | Request::Metrics | Request::RotateKey | Request::Upgrade { .. } => {
+                Ok(serde_json::Value::Null)
             }
             Request::BackupCreate { label } => {
                 backups.create(label.as_deref(), none()).await.map(json)
@@ -1066,7 +1192,7 @@ pub(crate) async fn bootstrap(access: &Access, config: &Config, app_password: &s
 /// Several instances on one external database must verify each other's
 /// tokens: the signing keys are shared through the database (see
 /// [`database::shared`]).
-async fn share_signing_keys(
+pub(crate) async fn share_signing_keys(
     access: &Access,
     database: &str,
     paths: &Paths,
@@ -1165,10 +1291,7 @@ async fn follow_signing_keys(
 
 /// The OS account generated files belong to: the embedded postgres's.
 fn owner(access: &Access) -> Option<(nix::unistd::Uid, nix::unistd::Gid)> {
-    match access {
-        Access::Embedded(cluster) => cluster.account().map(|a| (a.uid, a.gid)),
-        Access::External(_) => None,
-    }
+    access.owner()
 }
 
 /// `[database] url`: connection settings and TLS, plus the client tools
@@ -1179,17 +1302,13 @@ async fn external_database(config: &Config, paths: &Paths, url: &str) -> Result<
     let run_dir = paths.run_dir();
     fsutil::ensure_dir(&run_dir, 0o700)
         .with_context(|| format!("creating {}", run_dir.display()))?;
-    let mut find = config.database.clone();
-    find.download = false;
-    let client_bin_dir = match postgres::binaries::locate(&find, &paths.pg_installs()).await {
-        Ok(binaries) => Some(binaries.bin_dir),
-        Err(err) => {
-            warn!(error = %format!("{err:#}"), "no PostgreSQL client tools found; backups will fail until [database] bin_dir names them");
-            None
-        }
-    };
-    let external = database::External::new(&config.database, url, client_bin_dir)
-        .context("configuring the external database ([database] url)")?;
+    let (external, missing) =
+        database::External::with_client_tools(&config.database, url, &paths.pg_installs())
+            .await
+            .context("configuring the external database ([database] url)")?;
+    if let Some(err) = missing {
+        warn!(error = %format!("{:#}", anyhow::Error::from(err)), "no PostgreSQL client tools found; backups will fail until [database] bin_dir names them");
+    }
     info!(
         server = external.display(),
         sslmode = config.database.sslmode.as_str(),
@@ -1315,6 +1434,26 @@ pub const FIRST_OWNER: &str = "owner@pagodirecto.local";
 /// Where the first owner's password goes when there is no terminal.
 pub const INITIAL_OWNER_FILE: &str = "initial-owner.txt";
 
+/// Listens on `addrs` (from config `key`): on the socket passed in for an
+/// address when there is one, else on a newly bound one.
+fn listen(
+    addrs: &[SocketAddr],
+    key: &str,
+    inherited: &mut Inherited,
+) -> Result<Vec<std::net::TcpListener>> {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for &addr in addrs {
+        match inherited.take(addr) {
+            Some(listener) => {
+                info!(addr = %listener.local_addr().map_or(addr, |a| a), "listening on an inherited socket");
+                listeners.push(listener);
+            }
+            None => listeners.extend(bind(&[addr], key)?),
+        }
+    }
+    Ok(listeners)
+}
+
 /// Binds `addrs` (from config `key`). `std` listeners: the accept loop takes
 /// sockets bound by anyone, so handing sockets over later changes only this.
 fn bind(addrs: &[SocketAddr], key: &str) -> Result<Vec<std::net::TcpListener>> {
@@ -1338,6 +1477,8 @@ fn clear_runtime_files(paths: &Paths) {
 
 struct StatusContext<'a> {
     cgroups: Arc<Cgroups>,
+    exe: PathBuf,
+    update_record: PathBuf,
     open_files: Option<u64>,
     config: &'a Config,
     source: String,
@@ -1392,6 +1533,8 @@ impl StatusContext<'_> {
             }),
             limits: self.limits_report(),
             cgroup: self.cgroup_report(),
+            exe: Some(self.exe.clone()),
+            last_update: handover::Record::load(&self.update_record),
         }
     }
 

@@ -8,7 +8,8 @@
 //! `pg_dump`/`pg_restore` against it, and how the API's pool connects.
 //! Liveness differs too: the embedded server reports through its
 //! supervisor, an external one through [`monitor`]; jobs that must run once
-//! across instances are led through [`leader`].
+//! across instances are led through [`leader`], and their last success is
+//! kept in the database by [`jobs`] (what a new leader catches up).
 //!
 //! Called by `daemon` (and the backup service). Knows nothing about HTTP.
 //!
@@ -19,6 +20,7 @@
 //! - no password reaches a command line or the log: client tools get it in
 //!   their environment.
 
+pub mod jobs;
 pub mod leader;
 pub mod monitor;
 pub mod shared;
@@ -150,6 +152,29 @@ impl External {
         })
     }
 
+    /// [`External::new`] with the client tools (`pg_dump`, `pg_restore`,
+    /// `psql`) found like the server's binaries but never downloaded; the
+    /// second value says why none were found.
+    pub async fn with_client_tools(
+        cfg: &DatabaseConfig,
+        url: &str,
+        installs: &std::path::Path,
+    ) -> Result<(Self, Option<crate::postgres::binaries::Error>), Error> {
+        let mut find = cfg.clone();
+        find.download = false;
+        let (bin_dir, missing) = match crate::postgres::binaries::locate(&find, installs).await {
+            Ok(binaries) => (Some(binaries.bin_dir), None),
+            Err(err) => (None, Some(err)),
+        };
+        Ok((Self::new(cfg, url, bin_dir)?, missing))
+    }
+
+    /// Where the client tools are, when they were found.
+    #[must_use]
+    pub fn client_bin_dir(&self) -> Option<&std::path::Path> {
+        self.client_bin_dir.as_deref()
+    }
+
     /// `host:port/dbname`.
     #[must_use]
     pub fn display(&self) -> &str {
@@ -197,6 +222,16 @@ impl Access {
         match self {
             Self::Embedded(_) => configured.to_string(),
             Self::External(ext) => ext.pg.get_dbname().unwrap_or(configured).to_string(),
+        }
+    }
+
+    /// The OS account generated files belong to: the embedded postgres's
+    /// (it runs as its own account when the daemon is root).
+    #[must_use]
+    pub fn owner(&self) -> Option<(nix::unistd::Uid, nix::unistd::Gid)> {
+        match self {
+            Self::Embedded(cluster) => cluster.account().map(|a| (a.uid, a.gid)),
+            Self::External(_) => None,
         }
     }
 

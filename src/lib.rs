@@ -15,7 +15,9 @@
 //!  │               /api/v1/* (JWT, roles, RLS-isolated tenants), /openapi.json,
 //!  │               /health /ready /metrics, the web app (embedded SPA)
 //!  ├─ control socket (unix, 0600): the CLI talks to the running daemon
-//!  ├─ schedules: backups (cron) with retention, restore drills
+//!  ├─ schedules: backups (cron) with retention, restore drills, audit
+//!  │             pruning — led jobs: run by one instance, caught up when
+//!  │             an instance starts leading
 //!  └─ watchers: config file (+ SIGHUP), TLS certificate files, resource
 //!               sampler, systemd watchdog
 //! ```
@@ -36,7 +38,9 @@
 //!   in the only constructor, `Config::load`; `config::watch` notices edits.
 //! - [`paths`]: every on-disk location, derived from the data dir.
 //! - [`daemon`]: the composition root and event loop; the only module that
-//!   knows every other one.
+//!   knows every other one. `daemon::led`: what the leader runs once —
+//!   the catch-up of missed scheduled runs when it starts leading, and
+//!   audit pruning (`[audit]`).
 //! - [`supervisor`]: generic child supervision (restart, backoff, crash loop,
 //!   stop ladder), and the limits a child takes on before exec (its
 //!   cgroup, rlimits).
@@ -49,9 +53,10 @@
 //!   external server (`[database] url`): admin connections, client tools,
 //!   the API pool (`SET ROLE` when external), TLS; `database::monitor`
 //!   (external liveness), `database::leader` (the advisory-lock lease for
-//!   jobs that must run once), `database::shared` (signing keys shared
-//!   through the database; `daemon` polls them so a rotation on one
-//!   instance reaches all).
+//!   jobs that must run once), `database::jobs` (their last success, in
+//!   `ops.job_runs`, which every leader sees), `database::shared` (signing
+//!   keys shared through the database; `daemon` polls them so a rotation
+//!   on one instance reaches all).
 //! - [`migrate`]: embedded SQL migrations under an advisory lock.
 //! - [`backup`]: snapshot-consistent dumps through zstd (and age), verified,
 //!   with manifests, retention, drills and restore; `backup::schedule` for
@@ -64,7 +69,7 @@
 //! - [`auth`]: password hashes, signing keys and tokens, the role →
 //!   permission table.
 //! - [`crm`]: tenants and users created by the appliance and the CLI (as
-//!   the superuser; the API goes through RLS instead).
+//!   the superuser; the API goes through RLS instead), and audit pruning.
 //! - [`demo`]: the `run --demo` data set, seeded set-based as the superuser.
 //! - [`health`]: readiness checks shared by `/ready` and `status`.
 //! - [`telemetry`]: the Prometheus recorder and the resource sampler (the
@@ -94,7 +99,9 @@
 //!
 //! With `[database] url` there is no postgres child: the start skips the
 //! binaries, `initdb` and supervision, and a monitor task feeds the same
-//! readiness the supervisor feeds.
+//! readiness the supervisor feeds. The CLI's own database sessions
+//! (`cli::database`: migrate, psql, user, tenant, offline backups) reach
+//! the same server through the same [`database::Access`].
 //!
 //! ## Invariants
 //!
@@ -133,6 +140,7 @@ pub mod cli;
 pub mod config;
 pub mod paths;
 pub mod daemon;
+pub mod handover;
 pub mod supervisor;
 pub mod cgroup;
 pub mod postgres;

@@ -99,6 +99,12 @@ impl Paths {
         self.run_dir().join("control.sock")
     }
 
+    /// How the last update went (`handover::Record`), for `status`.
+    #[must_use]
+    pub fn update_record(&self) -> PathBuf {
+        self.data_dir.join("update.json")
+    }
+
     /// `host:port` of the first HTTP listener, written atomically once bound.
     #[must_use]
     pub fn http_addr_file(&self) -> PathBuf {

@@ -28,6 +28,12 @@ pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
+/// Hands the service over to `pid` (our successor after an update): with
+/// `NotifyAccess=main` only the current main process may say so.
+pub fn main_pid(pid: u32) {
+    send(&[NotifyState::MainPid(pid)]);
+}
+
 pub fn watchdog() {
     send(&[NotifyState::Watchdog]);
 }

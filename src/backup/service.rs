@@ -166,19 +166,33 @@ impl Backups {
     ) -> Result<Manifest, Error> {
         let result =
             super::create(&self.target(), &self.store(), label, &self.abort, progress).await;
-        let mut history = self.history.lock().expect("history lock");
-        match &result {
-            Ok(manifest) => history.last_success = Some(manifest.clone()),
-            Err(err) => {
-                error!(error = %err, "backup failed");
-                history.last_failure = Some((OffsetDateTime::now_utc(), err.to_string()));
+        {
+            let mut history = self.history.lock().expect("history lock");
+            match &result {
+                Ok(manifest) => history.last_success = Some(manifest.clone()),
+                Err(err) => {
+                    error!(error = %err, "backup failed");
+                    history.last_failure = Some((OffsetDateTime::now_utc(), err.to_string()));
+                }
             }
         }
-        drop(history);
-        if result.is_ok()
-            && let Err(err) = self.store().prune(OffsetDateTime::now_utc())
-        {
-            warn!(error = %err, "retention failed");
+        if let Ok(manifest) = &result {
+            if let Err(err) = self.store().prune(OffsetDateTime::now_utc()) {
+                warn!(error = %err, "retention failed");
+            }
+            // What a new leader reads to know whether a scheduled run was
+            // missed; a failure here costs at most one extra backup.
+            if let Err(err) = crate::database::jobs::record_success(
+                &self.access,
+                &self.database,
+                crate::database::jobs::BACKUP,
+                manifest.created_at,
+                &manifest.name,
+            )
+            .await
+            {
+                warn!(error = ?err, "could not record the backup in ops.job_runs");
+            }
         }
         result
     }
@@ -326,13 +340,19 @@ impl Backups {
             pool.retain(|_, _| false);
         }
         // Dropping the replaced database takes seconds on a large one; the
-        // API need not wait in maintenance for it.
+        // API need not wait in maintenance for it. Without a daemon (no
+        // health to keep), the caller stops postgres next: wait for it.
         let access = self.access.clone();
-        tokio::spawn(async move {
+        let drop_old = async move {
             if let Err(err) = super::drop_database(&access, &old).await {
                 warn!(error = %err, database = old, "could not drop the replaced database; drop it by hand");
             }
-        });
+        };
+        if self.health.is_some() {
+            tokio::spawn(drop_old);
+        } else {
+            drop_old.await;
+        }
         info!(backup = name, "restore complete");
         Ok(RestoreReport {
             restored: manifest,

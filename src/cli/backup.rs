@@ -115,8 +115,8 @@ pub(super) fn backups(loaded: &Loaded, session: &Session) -> Backups {
     let config = &loaded.config;
     let store = Store::new(config.paths().backup_dir(), &config.backup);
     Backups::new(
-        crate::database::Access::Embedded(session.cluster.clone()),
-        &config.database.name,
+        session.access.clone(),
+        &session.database,
         store,
         config.limits.disk_reserve.as_u64(),
         None,

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use super::database::Session;
 use crate::config::Loaded;
@@ -21,23 +21,11 @@ pub async fn run(loaded: Loaded, status_only: bool) -> Result<ExitCode> {
 async fn act(loaded: &Loaded, session: &Session, status_only: bool) -> Result<ExitCode> {
     let config = &loaded.config;
     if !status_only {
-        let owner = session.cluster.account().map(|a| (a.uid, a.gid));
-        let app_password =
-            SecretFile::new(&config.paths().secrets_dir(), APP_SECRET).load_or_create(owner)?;
-        daemon::bootstrap(
-            &crate::database::Access::Embedded(session.cluster.clone()),
-            config,
-            &app_password,
-        )
-        .await?;
+        let app_password = SecretFile::new(&config.paths().secrets_dir(), APP_SECRET)
+            .load_or_create(session.access.owner())?;
+        daemon::bootstrap(&session.access, config, &app_password).await?;
     }
-    let (client, connection) = session
-        .cluster
-        .superuser_config(&config.database.name)
-        .connect(tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("connecting to database {}", config.database.name))?;
-    let conn = tokio::spawn(connection);
+    let (client, conn) = session.connect().await?;
     let states = migrate::status(&client).await?;
     drop(client);
     let _ = conn.await;

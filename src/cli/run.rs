@@ -1,27 +1,24 @@
 //! `pagodirecto run`: logging, then the daemon. Nothing else.
 
-use std::path::PathBuf;
-use std::process::ExitCode;
-
 use anyhow::Result;
 
 use crate::config::Loaded;
-use crate::{daemon, logging};
+use crate::daemon::{self, Exit};
+use crate::handover::Inherited;
+use crate::logging;
 
-pub async fn run(loaded: Loaded, demo: bool, dev_assets: Option<PathBuf>) -> Result<ExitCode> {
+/// Runs the daemon; the log writer is flushed when this returns, before a
+/// [`Exit::Restart`] replaces the process.
+pub async fn run(
+    loaded: Loaded,
+    mut options: daemon::Options,
+    inherited: Inherited,
+) -> Result<Exit> {
     let paths = loaded.config.paths();
     let guard = logging::init(&loaded.config.logging, Some(paths.log_dir()))?;
-    match daemon::run(
-        loaded,
-        daemon::Options {
-            demo,
-            dev_assets,
-            log_level: Some(guard.level()),
-        },
-    )
-    .await
-    {
-        Ok(()) => Ok(ExitCode::SUCCESS),
+    options.log_level = Some(guard.level());
+    match daemon::run(loaded, options, inherited).await {
+        Ok(exit) => Ok(exit),
         Err(err) => {
             // Also into the log file: under systemd, stderr is the journal, but
             // `pagodirecto logs` reads the files.

@@ -54,6 +54,39 @@ pub async fn metrics(loaded: &Loaded) -> Result<ExitCode> {
     }
 }
 
+/// The binary, and how the last update went.
+fn render_update(out: &mut String, r: &StatusReport) {
+    use std::fmt::Write as _;
+
+    use crate::handover::Outcome;
+    if let Some(exe) = &r.exe {
+        let _ = writeln!(out, "  binary:    {}", exe.display());
+    }
+    let Some(update) = &r.last_update else {
+        return;
+    };
+    let at = update
+        .at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let what = match update.outcome {
+        Outcome::Updated => "updated",
+        Outcome::RolledBack => "ROLLED BACK",
+        Outcome::InProgress => "interrupted (in progress when the machine stopped)",
+    };
+    let _ = writeln!(
+        out,
+        "  last update: {} → {} {what} at {at}",
+        update.from, update.to
+    );
+    if let Some(reason) = &update.reason {
+        let _ = writeln!(out, "    why: {reason}");
+    }
+    if let Some(backup) = &update.backup {
+        let _ = writeln!(out, "    backup taken before: {backup}");
+    }
+}
+
 fn render(r: &StatusReport) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -79,6 +112,7 @@ fn render(r: &StatusReport) -> String {
     if let Some(err) = &r.config_error {
         let _ = writeln!(out, "  CONFIG CHANGE REFUSED: {err}");
     }
+    render_update(&mut out, r);
     let pg = &r.postgres;
     if let Some(ext) = &r.external {
         let _ = writeln!(out, "postgres (external) {}", ext.server);

@@ -1,18 +1,24 @@
 //! `pagodirecto version`, `pagodirecto update --check` and `pagodirecto update`.
 //!
-//! `update` refuses a binary that dpkg owns (apt updates it). With a daemon
-//! running, it asks the daemon over the control socket (the daemon stages,
-//! backs up, swaps and restarts into the new version). With none, it does
-//! the work itself: stage the verified release beside this binary, take a
-//! backup the way `backup create` does offline, then swap the binaries.
+//! `update` refuses a binary that dpkg owns (apt updates it). It stages the
+//! verified release beside the binary (the running daemon's, else this
+//! one) and swaps the file. With a daemon running, it then asks the daemon
+//! to hand over to the new version (`Request::Upgrade`: the daemon backs up,
+//! starts the new binary on its sockets and rolls back if it is not ready;
+//! docs/update-handover.md) and waits for the outcome in `status`, putting
+//! the previous file back after a rollback. With none, it takes the backup
+//! itself, the way `backup create` does offline, before the swap.
 
+use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
 use super::database::Session;
 use crate::config::Loaded;
-use crate::control::{self, Request};
+use crate::control::{self, Request, StatusReport};
+use crate::handover::{Outcome, Record};
 use crate::update::{self, Options};
 
 /// `pagodirecto version [--json]`. The daemon runs this on a staged binary
@@ -85,7 +91,21 @@ fn indent(text: &str) -> String {
 /// `pagodirecto update [--allow-downgrade]`.
 pub async fn run(loaded: Loaded, allow_downgrade: bool) -> Result<ExitCode> {
     super::init_cli_logging(&loaded);
-    let exe = update::current_exe()?;
+    let socket = loaded.config.paths().control_socket();
+    // With a daemon running, the file to replace is the one it runs.
+    let running = match control::call(&socket, &Request::Status).await {
+        Ok(value) => Some(
+            serde_json::from_value::<StatusReport>(value)
+                .context("reading the running daemon's status")?,
+        ),
+        Err(control::Error::NotRunning { .. }) => None,
+        Err(control::Error::Refused(reason)) => bail!("{reason}"),
+        Err(err) => return Err(err.into()),
+    };
+    let exe = match running.as_ref().and_then(|status| status.exe.clone()) {
+        Some(exe) => exe,
+        None => update::current_exe()?,
+    };
     if let Some(package) = update::package_owner(&exe) {
         eprintln!(
             "pagodirecto: {} is installed by the Debian package {package}; update it with apt (apt-get update && apt-get install {package}). Nothing was changed",
@@ -93,28 +113,123 @@ pub async fn run(loaded: Loaded, allow_downgrade: bool) -> Result<ExitCode> {
         );
         return Ok(ExitCode::FAILURE);
     }
-    let socket = loaded.config.paths().control_socket();
-    match control::call(&socket, &Request::Update { allow_downgrade }).await {
-        Ok(answer) => {
-            match answer.get("message").and_then(|m| m.as_str()) {
-                Some(message) => println!("{message}"),
-                None => println!("{}", serde_json::to_string_pretty(&answer)?),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(control::Error::NotRunning { .. }) => offline(&loaded, &exe, allow_downgrade).await,
-        Err(control::Error::Refused(reason)) => bail!("{reason}"),
-        Err(err) => Err(err.into()),
+    let options = Options { allow_downgrade };
+    match running {
+        None => offline(&loaded, &exe, &options).await,
+        Some(_) => online(&loaded, &socket, &exe, &options).await,
     }
 }
 
+/// Beyond `ready_timeout`, how long the hand-over may take: the pre-update
+/// backup when it is taken in the gap (an update that migrates), stopping
+/// and starting PostgreSQL.
+const HAND_OVER_MARGIN: Duration = Duration::from_secs(15 * 60);
+
+/// A daemon runs: stage → swap the file → ask it to hand over to the new
+/// version (it backs up first) → wait for the outcome in `status`. When it
+/// rolls back, the previous binary is put back on disk too.
+async fn online(loaded: &Loaded, socket: &Path, exe: &Path, options: &Options) -> Result<ExitCode> {
+    let cfg = &loaded.config.update;
+    let staged = update::stage(cfg, exe, options).await?;
+    let (version, schema) = (staged.version.to_string(), staged.schema);
+    let installed = update::install(staged).context("swapping the binaries")?;
+    let asked = time::OffsetDateTime::now_utc() - Duration::from_secs(5);
+    let request = Request::Upgrade {
+        version: version.clone(),
+        schema,
+    };
+    let answer = match control::call(socket, &request).await {
+        Ok(answer) => answer,
+        Err(err) => {
+            let refused = anyhow::Error::from(err);
+            return Err(match installed.revert() {
+                Ok(()) => refused.context(format!(
+                    "the daemon did not take the update to {version}; the previous binary is back at {}, nothing was changed",
+                    exe.display()
+                )),
+                Err(revert) => refused.context(format!(
+                    "the daemon did not take the update to {version}, and putting the previous binary back failed ({:#}): move {} to {} by hand",
+                    anyhow::Error::from(revert),
+                    installed.previous.display(),
+                    exe.display()
+                )),
+            });
+        }
+    };
+    match answer["backup"].as_str() {
+        Some(backup) => println!("backup taken before the update: {backup}"),
+        None if answer["backup_in_gap"].as_bool() == Some(true) => {
+            println!(
+                "{version} migrates the database: the daemon backs up once it has stopped serving"
+            );
+        }
+        None => {}
+    }
+    println!("the daemon is handing over to {version}…");
+    let deadline = tokio::time::Instant::now() + cfg.ready_timeout + HAND_OVER_MARGIN;
+    loop {
+        if let Some((record, report)) = outcome(socket, &version, asked).await {
+            match record.outcome {
+                Outcome::InProgress => {}
+                Outcome::Updated => {
+                    println!(
+                        "updated {} → {version}; previous binary kept at {}; pid {} serves {}",
+                        record.from,
+                        installed.previous.display(),
+                        report.pid,
+                        report.version
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Outcome::RolledBack => {
+                    let reason = record.reason.unwrap_or_else(|| "no reason recorded".into());
+                    let put_back = match installed.revert() {
+                        Ok(()) => format!("the previous binary is back at {}", exe.display()),
+                        Err(err) => format!(
+                            "putting the previous binary back failed ({:#}): move {} to {} by hand",
+                            anyhow::Error::from(err),
+                            installed.previous.display(),
+                            exe.display()
+                        ),
+                    };
+                    bail!(
+                        "the update to {version} was rolled back: {reason}; the daemon runs {} again and {put_back}",
+                        record.from
+                    );
+                }
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "the update to {version} has not finished after {:?}; see pagodirecto status (the new binary is at {}, the previous one at {})",
+                cfg.ready_timeout + HAND_OVER_MARGIN,
+                exe.display(),
+                installed.previous.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The daemon's record of the update to `version` made after `asked`, once a
+/// daemon answers (during the hand-over none may).
+async fn outcome(
+    socket: &Path,
+    version: &str,
+    asked: time::OffsetDateTime,
+) -> Option<(Record, StatusReport)> {
+    let value = control::call(socket, &Request::Status).await.ok()?;
+    let report: StatusReport = serde_json::from_value(value).ok()?;
+    let record = report
+        .last_update
+        .clone()
+        .filter(|r| r.to == version && r.at >= asked)?;
+    Some((record, report))
+}
+
 /// No daemon: stage → backup → swap, here.
-async fn offline(
-    loaded: &Loaded,
-    exe: &std::path::Path,
-    allow_downgrade: bool,
-) -> Result<ExitCode> {
-    let staged = update::stage(&loaded.config.update, exe, &Options { allow_downgrade }).await?;
+async fn offline(loaded: &Loaded, exe: &Path, options: &Options) -> Result<ExitCode> {
+    let staged = update::stage(&loaded.config.update, exe, options).await?;
     let version = staged.version.clone();
     let backup = match backup_before(loaded, &version).await {
         Ok(backup) => backup,

@@ -19,7 +19,7 @@ pub async fn add_tenant(loaded: Loaded, name: String) -> Result<ExitCode> {
     super::init_cli_logging(&loaded);
     let session = Session::open(&loaded).await?;
     let result = async {
-        let (mut client, conn) = connect(&loaded, &session).await?;
+        let (mut client, conn) = session.connect().await?;
         let id = crm::create_tenant(&mut client, &name).await?;
         drop(client);
         let _ = conn.await;
@@ -43,7 +43,7 @@ pub async fn add_user(
     let hash = auth::hash_password(password).await?;
     let session = Session::open(&loaded).await?;
     let result = async {
-        let (client, conn) = connect(&loaded, &session).await?;
+        let (client, conn) = session.connect().await?;
         let id = crm::create_user(
             &client,
             &tenant,
@@ -72,7 +72,7 @@ pub async fn reset_password(loaded: Loaded, email: String) -> Result<ExitCode> {
     let hash = auth::hash_password(password).await?;
     let session = Session::open(&loaded).await?;
     let result = async {
-        let (client, conn) = connect(&loaded, &session).await?;
+        let (client, conn) = session.connect().await?;
         crm::reset_password(&client, &email, &hash).await?;
         drop(client);
         let _ = conn.await;
@@ -82,23 +82,6 @@ pub async fn reset_password(loaded: Loaded, email: String) -> Result<ExitCode> {
     .await;
     session.close().await?;
     result
-}
-
-async fn connect(
-    loaded: &Loaded,
-    session: &Session,
-) -> Result<(
-    tokio_postgres::Client,
-    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
-)> {
-    let name = &loaded.config.database.name;
-    let (client, connection) = session
-        .cluster
-        .superuser_config(name)
-        .connect(tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("connecting to database {name}"))?;
-    Ok((client, tokio::spawn(connection)))
 }
 
 fn read_password(prompt: &str) -> Result<String> {
@@ -133,6 +116,9 @@ pub async fn rotate_key(loaded: Loaded) -> Result<ExitCode> {
     let socket = loaded.config.paths().control_socket();
     match crate::control::call(&socket, &crate::control::Request::RotateKey).await {
         Ok(_) => {}
+        Err(crate::control::Error::NotRunning { .. }) if loaded.config.database.url.is_some() => {
+            rotate_shared_key(&loaded).await?;
+        }
         Err(crate::control::Error::NotRunning { .. }) => {
             let owner =
                 crate::postgres::account::resolve(loaded.config.database.os_user.as_deref())?
@@ -149,4 +135,30 @@ pub async fn rotate_key(loaded: Loaded) -> Result<ExitCode> {
         "rotated the token signing key; tokens signed with the previous key stay valid until they expire"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `auth rotate-key` with no daemon here but an external database: the keys
+/// every instance uses are the database's copy, so the rotation starts from
+/// it and is published back (running instances follow it within seconds).
+async fn rotate_shared_key(loaded: &Loaded) -> Result<()> {
+    let config = &loaded.config;
+    let (paths, ttl) = (config.paths(), config.auth.access_token_ttl);
+    let session = Session::open(loaded).await?;
+    let result = async {
+        crate::daemon::share_signing_keys(&session.access, &session.database, &paths, ttl).await?;
+        crate::auth::SigningKeys::rotate(&paths.secrets_dir(), ttl, None)?;
+        let (client, conn) = session.connect().await?;
+        let published = crate::database::shared::publish(
+            &client,
+            crate::auth::keys::FILE,
+            &paths.secrets_dir().join(crate::auth::keys::FILE),
+        )
+        .await;
+        drop(client);
+        let _ = conn.await;
+        published.context("publishing the rotated signing keys")
+    }
+    .await;
+    session.close().await?;
+    result
 }

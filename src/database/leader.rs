@@ -1,6 +1,7 @@
 //! Leadership for jobs that must run once across instances (scheduled
-//! backups and their retention, restore drills): the instance holding a
-//! session-level advisory lock on a dedicated connection leads.
+//! backups and their retention, restore drills, audit pruning): the
+//! instance holding a session-level advisory lock on a dedicated
+//! connection leads.
 //!
 //! The lock is the lease: when the leader dies or loses its connection, the
 //! server ends its session and the lock is free; the others try every
@@ -70,7 +71,9 @@ async fn run(
         };
         if now_leading != was_leading {
             if now_leading {
-                info!("this instance now leads scheduled backups and drills");
+                info!(
+                    "this instance now leads the scheduled jobs (backups, drills, audit pruning)"
+                );
             } else {
                 info!("this instance no longer leads scheduled jobs");
             }

@@ -2,8 +2,9 @@
 //! signing keys): the database holds the copy that wins, each instance
 //! keeps its local file in step with it.
 //!
-//! The table lives in the `ops` schema with no grant to the application
-//! role: only the administrative role (the url's user) reads it.
+//! The table, `ops.shared_files`, is created by migration V4 in the `ops`
+//! schema with no grant to the application role: only the administrative
+//! role (the url's user) reads it.
 
 use std::path::Path;
 
@@ -24,13 +25,6 @@ pub async fn adopt(
     path: &Path,
     create: impl FnOnce() -> Result<(), String>,
 ) -> Result<(), Error> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS ops.shared_files (
-                 name text PRIMARY KEY, content text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .await
-        .map_err(db("creating ops.shared_files"))?;
     let tx = client
         .transaction()
         .await

@@ -9,9 +9,13 @@
 //! Invariants:
 //! - A client gets `header_read_timeout` for its TLS handshake and for each
 //!   request's headers; a slow or silent one cannot hold a connection.
-//! - On shutdown every listener stops accepting at once, every connection is
-//!   told to finish (HTTP/1.1: after the request in flight; HTTP/2: GOAWAY),
-//!   and after the drain time whatever is left is dropped.
+//! - On shutdown every listener stops accepting at once; HTTP/1.1 answers
+//!   carry `Connection: close` from then on, and for [`LINGER`] a connection
+//!   may still bring a request; then every connection is told to finish
+//!   (HTTP/1.1: after the request in flight; HTTP/2: GOAWAY), and after the
+//!   drain time whatever is left is dropped. Listening sockets are not
+//!   closed here when someone else holds a copy (a hand-over): connections
+//!   that arrive meanwhile wait in the backlog.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,6 +30,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
+
+/// After shutdown starts, how long an open HTTP/1.1 connection may still
+/// bring a request (answered with `Connection: close`) before it is closed
+/// if idle. Closing an idle keep-alive connection at once races a request
+/// the client is sending on it, which then fails; busy clients get their
+/// close with their next answer, and only idle ones wait this long.
+const LINGER: Duration = Duration::from_millis(500);
 
 /// One bound socket and what it serves.
 pub struct Listener {
@@ -150,16 +161,33 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let app = self.app.clone();
+        let stop = self.stop.clone();
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let http1 = req.version() <= axum::http::Version::HTTP_11;
             let mut req = req.map(axum::body::Body::new);
             req.extensions_mut().insert(ConnectInfo(peer));
-            tower::Service::call(&mut app.clone(), req)
+            let response = tower::Service::call(&mut app.clone(), req);
+            let stop = stop.clone();
+            async move {
+                let mut response = response.await?;
+                if http1 && stop.is_cancelled() {
+                    // The client reconnects for its next request, which the
+                    // kernel queues for whoever listens next.
+                    response.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
         let conn = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let mut stopping = false;
+        let linger = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(linger);
         loop {
             tokio::select! {
                 result = conn.as_mut() => {
@@ -169,8 +197,12 @@ impl Connection {
                     return;
                 }
                 () = self.stop.cancelled(), if !stopping => {
-                    conn.as_mut().graceful_shutdown();
                     stopping = true;
+                    linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
+                }
+                () = linger.as_mut(), if stopping => {
+                    conn.as_mut().graceful_shutdown();
+                    linger.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(86_400));
                 }
             }
         }

@@ -738,3 +738,52 @@ fn rotating_the_signing_key_keeps_existing_tokens_valid() {
         "the old key is kept until its tokens expire"
     );
 }
+
+#[test]
+fn audit_rows_older_than_keep_days_are_pruned_on_schedule() {
+    use crate::support::{DataDir, sql};
+    use std::time::{Duration, Instant};
+    let data = DataDir::new();
+    let mut daemon = data.spawn_env(
+        &[],
+        &[
+            ("PAGODIRECTO_BACKUP__SCHEDULE", ""),
+            ("PAGODIRECTO_AUDIT__KEEP_DAYS", "10"),
+            ("PAGODIRECTO_AUDIT__PRUNE_SCHEDULE", "*/2 * * * * *"),
+        ],
+    );
+    daemon.wait_ready(Duration::from_secs(60));
+    for (entity, age) in [("test.old", "11 days"), ("test.recent", "9 days")] {
+        sql(
+            &data,
+            &format!(
+                "INSERT INTO audit.events (tenant_id, action, entity, entity_id, at) \
+                 SELECT id, 'update', '{entity}', gen_random_uuid(), now() - interval '{age}' FROM tenancy.tenants"
+            ),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sql(
+        &data,
+        "SELECT count(*) FROM audit.events WHERE entity = 'test.old'",
+    ) != "0"
+    {
+        assert!(Instant::now() < deadline, "not pruned: {}", daemon.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        sql(
+            &data,
+            "SELECT count(*) FROM audit.events WHERE entity = 'test.recent'"
+        ),
+        "1"
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("audit log pruned: 1 rows older than 10 days deleted"),
+        "{}",
+        daemon.log()
+    );
+    assert!(daemon.stop().success());
+}

@@ -1,6 +1,8 @@
 //! Several daemons on one external PostgreSQL (`[database] url`): the test
 //! starts a plain server on 127.0.0.1 (as the `postgres` account: postgres
-//! refuses root), a least-privileged url user, and two instances.
+//! refuses root), a least-privileged url user, and two instances. Also: the
+//! led jobs (missed-backup catch-up, audit pruning), the CLI's own sessions
+//! on the external server, and the TLS modes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -176,6 +178,18 @@ impl ExternalPg {
             .output()
             .expect("psql");
         ok_stdout(&out).trim().to_string()
+    }
+
+    /// Runs `query` as `role` (`SET ROLE` from the admin); the output, which
+    /// may be a failure.
+    fn sql_as(&self, role: &str, query: &str) -> std::process::Output {
+        Command::new(Path::new(PG_BIN).join("psql"))
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .args(["-p", &self.port.to_string(), "-U", "admin", "-d", "crm"])
+            .args(["-c", &format!("SET ROLE {role}"), "-c", query])
+            .env("PGPASSWORD", ADMIN_PASSWORD)
+            .output()
+            .expect("psql")
     }
 }
 
@@ -570,6 +584,8 @@ fn tls_verify_full_checks_the_servers_certificate() {
         &[
             ("PAGODIRECTO_DATABASE__SSLMODE", "verify-full"),
             ("PAGODIRECTO_DATABASE__CA_FILE", &cert),
+            // No scheduled (or caught-up) backup racing the one asked for.
+            ("PAGODIRECTO_BACKUP__SCHEDULE", ""),
         ],
     );
     daemon.wait_ready(Duration::from_secs(90));
@@ -583,6 +599,45 @@ fn tls_verify_full_checks_the_servers_certificate() {
     let out = data.cli(&["backup", "create", "--name", "over-tls"]);
     ok_stdout(&out);
     assert!(daemon.stop().success());
+
+    // require and prefer: encrypted, without checking the certificate (no
+    // CA given); libpq (psql) too.
+    for mode in ["require", "prefer"] {
+        let dir = DataDir::new();
+        let mut daemon =
+            spawn_instance(&pg, &dir, false, &[("PAGODIRECTO_DATABASE__SSLMODE", mode)]);
+        daemon.wait_ready(Duration::from_secs(90));
+        login(
+            &base(&daemon),
+            "owner@pagodirecto.local",
+            &first_owner_password(&data),
+        );
+        assert_eq!(
+            pg.admin_sql(
+                "crm",
+                "SELECT bool_and(ssl) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE usename = 'pd'"
+            ),
+            "t",
+            "{mode}"
+        );
+        let out = cli_external_env(
+            &pg,
+            &dir,
+            &[
+                "psql",
+                "--",
+                "-X",
+                "-A",
+                "-t",
+                "-c",
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            ],
+            "",
+            &[("PAGODIRECTO_DATABASE__SSLMODE", mode)],
+        );
+        assert_eq!(ok_stdout(&out).trim(), "t", "{mode}");
+        assert!(daemon.stop().success());
+    }
 
     // Another CA: the start fails and says why.
     let other = DataDir::new();
@@ -628,4 +683,373 @@ fn openssl(args: &[&str]) {
             .output()
             .expect("openssl"),
     );
+}
+
+/// The environment an instance (or a CLI command) gets to reach `pg`.
+fn external_env(pg: &ExternalPg) -> Vec<(&'static str, String)> {
+    vec![
+        ("PAGODIRECTO_DATABASE__URL", pg.url()),
+        ("PAGODIRECTO_DATABASE__BIN_DIR", PG_BIN.to_string()),
+        ("PAGODIRECTO_DATABASE__PASSWORD", URL_PASSWORD.to_string()),
+    ]
+}
+
+/// Runs a CLI command on `data` against `pg`, with `stdin` as its input.
+fn cli_external(
+    pg: &ExternalPg,
+    data: &DataDir,
+    args: &[&str],
+    stdin: &str,
+) -> std::process::Output {
+    cli_external_env(pg, data, args, stdin, &[])
+}
+
+/// [`cli_external`] with `extra` environment variables.
+fn cli_external_env(
+    pg: &ExternalPg,
+    data: &DataDir,
+    args: &[&str],
+    stdin: &str,
+    extra: &[(&str, &str)],
+) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = Command::new(crate::support::BIN)
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(args)
+        .envs(external_env(pg))
+        .envs(extra.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run pagodirecto");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+fn count(pg: &ExternalPg, query: &str) -> i64 {
+    pg.admin_sql("crm", query).parse().expect("a count")
+}
+
+/// The instance of `a`/`b` that leads, once exactly one does.
+fn leading<'a>(a: &'a DataDir, b: &'a DataDir) -> bool {
+    wait_until(
+        "exactly one leader",
+        Duration::from_secs(30),
+        || status(a)["leader"] != status(b)["leader"],
+        || format!("{}\n{}", status(a), status(b)),
+    );
+    status(a)["leader"] == true
+}
+
+#[test]
+fn a_missed_backup_is_caught_up_once_by_whoever_leads() {
+    let pg = ExternalPg::start();
+    // Yearly, on January 1st: the last scheduled run has passed, no backup
+    // exists, and no scheduled run comes during the test.
+    let yearly = [("PAGODIRECTO_BACKUP__SCHEDULE", "0 0 1 1 *")];
+    let (data_a, data_b) = (DataDir::new(), DataDir::new());
+    let mut a = spawn_instance(&pg, &data_a, false, &yearly);
+    a.wait_ready(Duration::from_secs(90));
+    let mut b = spawn_instance(&pg, &data_b, false, &yearly);
+    b.wait_ready(Duration::from_secs(90));
+    let (leader_data, leader, follower_data, follower) = if leading(&data_a, &data_b) {
+        (&data_a, a, &data_b, b)
+    } else {
+        (&data_b, b, &data_a, a)
+    };
+
+    // The leader catches up once and records it where every instance looks.
+    wait_until(
+        "the leader catches up the missed backup",
+        Duration::from_secs(60),
+        || {
+            backups(leader_data).len() == 1
+                && count(
+                    &pg,
+                    "SELECT count(*) FROM ops.job_runs WHERE job = 'backup'",
+                ) == 1
+        },
+        || leader.log(),
+    );
+    assert!(leader.log().contains("catching up now"), "{}", leader.log());
+    assert!(backups(follower_data).is_empty(), "{}", follower.log());
+
+    // The leader dies; the follower takes over and finds, in the database,
+    // that the missed run was done: no second backup.
+    leader.kill();
+    wait_until(
+        "the follower takes over and checks for missed runs",
+        Duration::from_secs(60),
+        || follower.log().contains("no scheduled backup was missed"),
+        || follower.log(),
+    );
+    assert_eq!(status(follower_data)["leader"], true);
+    assert!(backups(follower_data).is_empty(), "{}", follower.log());
+    assert_eq!(backups(leader_data).len(), 1);
+
+    // Had the dead leader's run been before the missed time (here: the
+    // record made older than last January 1st), the next leader catches up.
+    let data_c = DataDir::new();
+    let mut c = spawn_instance(&pg, &data_c, false, &yearly);
+    c.wait_ready(Duration::from_secs(90));
+    pg.admin_sql(
+        "crm",
+        "UPDATE ops.job_runs SET last_success = now() - interval '400 days' WHERE job = 'backup'",
+    );
+    assert_eq!(status(&data_c)["leader"], false);
+    follower.kill();
+    wait_until(
+        "the third instance takes over and catches up",
+        Duration::from_secs(60),
+        || backups(&data_c).len() == 1,
+        || c.log(),
+    );
+    assert!(c.log().contains("catching up now"), "{}", c.log());
+    assert!(backups(follower_data).is_empty());
+    assert!(c.stop().success());
+}
+
+#[test]
+fn old_audit_rows_are_pruned_by_the_leader_alone() {
+    let pg = ExternalPg::start();
+    let env = [
+        ("PAGODIRECTO_AUDIT__KEEP_DAYS", "30"),
+        ("PAGODIRECTO_AUDIT__PRUNE_SCHEDULE", "*/2 * * * * *"),
+        ("PAGODIRECTO_BACKUP__SCHEDULE", ""),
+    ];
+    let (data_a, data_b) = (DataDir::new(), DataDir::new());
+    let mut a = spawn_instance(&pg, &data_a, false, &env);
+    a.wait_ready(Duration::from_secs(90));
+    let mut b = spawn_instance(&pg, &data_b, false, &env);
+    b.wait_ready(Duration::from_secs(90));
+    let (leader, follower) = if leading(&data_a, &data_b) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+
+    let real = count(&pg, "SELECT count(*) FROM audit.events");
+    assert!(real > 0, "the first owner's creation is audited");
+    let craft = |entity: &str, age: &str, n: u32| {
+        pg.admin_sql(
+            "crm",
+            &format!(
+                "INSERT INTO audit.events (tenant_id, action, entity, entity_id, at) \
+                 SELECT (SELECT id FROM tenancy.tenants LIMIT 1), 'update', '{entity}', gen_random_uuid(), now() - interval '{age}' \
+                 FROM generate_series(1, {n})"
+            ),
+        );
+    };
+    craft("test.old", "100 days", 7);
+    craft("test.recent", "29 days", 3);
+    wait_until(
+        "rows older than keep_days are pruned",
+        Duration::from_secs(60),
+        || {
+            count(
+                &pg,
+                "SELECT count(*) FROM audit.events WHERE entity = 'test.old'",
+            ) == 0
+        },
+        || leader.log(),
+    );
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT count(*) FROM audit.events WHERE entity = 'test.recent'"
+        ),
+        3
+    );
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT count(*) FROM audit.events WHERE entity NOT LIKE 'test.%'"
+        ),
+        real
+    );
+    // One instance pruned (and said how many rows went); the other left it.
+    assert!(
+        leader
+            .log()
+            .contains("audit log pruned: 7 rows older than 30 days deleted"),
+        "{}",
+        leader.log()
+    );
+    wait_until(
+        "the follower leaves pruning to the leader",
+        Duration::from_secs(30),
+        || {
+            follower
+                .log()
+                .contains("scheduled audit pruning left to the leading instance")
+        },
+        || follower.log(),
+    );
+    assert!(
+        !follower.log().contains("audit log pruned"),
+        "{}",
+        follower.log()
+    );
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT count(*) FROM ops.job_runs WHERE job = 'audit_prune'"
+        ),
+        1
+    );
+
+    // The API's role still cannot change the audit log.
+    for statement in [
+        "DELETE FROM audit.events",
+        "UPDATE audit.events SET entity = 'x'",
+    ] {
+        let out = pg.sql_as("pagodirecto_app", statement);
+        assert!(
+            !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains("permission denied"),
+            "{statement}: {out:?}"
+        );
+    }
+    assert!(leader.stop().success());
+    assert!(follower.stop().success());
+}
+
+#[test]
+fn offline_cli_commands_work_on_the_external_database() {
+    let pg = ExternalPg::start();
+    let data = DataDir::new();
+
+    // migrate with no instance running: everything applied, nothing embedded.
+    let out = cli_external(&pg, &data, &["migrate"], "");
+    let text = ok_stdout(&out);
+    assert!(text.contains("V4") && !text.contains("pending"), "{text}");
+    assert!(!data.pgdata().exists());
+    let versions = pg.admin_sql(
+        "crm",
+        "SELECT string_agg(version::text, ',' ORDER BY version) FROM refinery_schema_history",
+    );
+    assert_eq!(versions, "1,2,3,4");
+
+    // V4 is idempotent where ops.shared_files was made at run time (before
+    // V4 existed): the table and its rows stay.
+    pg.admin_sql(
+        "crm",
+        "INSERT INTO ops.shared_files (name, content) VALUES ('kept', 'x'); \
+         DROP TABLE ops.job_runs; DELETE FROM refinery_schema_history WHERE version = 4",
+    );
+    let status_text = ok_stdout(&cli_external(&pg, &data, &["migrate", "--status"], ""));
+    assert!(status_text.contains("1 pending"), "{status_text}");
+    ok_stdout(&cli_external(&pg, &data, &["migrate"], ""));
+    assert_eq!(
+        pg.admin_sql(
+            "crm",
+            "SELECT content FROM ops.shared_files WHERE name = 'kept'"
+        ),
+        "x"
+    );
+    let status_text = ok_stdout(&cli_external(&pg, &data, &["migrate", "--status"], ""));
+    assert!(!status_text.contains("pending"), "{status_text}");
+
+    // A tenant and a user created offline log in through an instance.
+    let out = ok_stdout(&cli_external(&pg, &data, &["tenant", "add", "acme"], ""));
+    assert!(out.contains("created tenant \"acme\""), "{out}");
+    let out = ok_stdout(&cli_external(
+        &pg,
+        &data,
+        &[
+            "user",
+            "add",
+            "--tenant",
+            "acme",
+            "--email",
+            "bo@acme.org",
+            "--role",
+            "admin",
+        ],
+        "first password here\n",
+    ));
+    assert!(out.contains("bo@acme.org"), "{out}");
+    let (_, daemon) = instance(&pg, false);
+    login(&base(&daemon), "bo@acme.org", "first password here");
+
+    // sslmode = require against a server without TLS: refused, saying why.
+    let out = cli_external_env(
+        &pg,
+        &data,
+        &["migrate", "--status"],
+        "",
+        &[("PAGODIRECTO_DATABASE__SSLMODE", "require")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("TLS")
+            && err.contains(&format!("127.0.0.1:{}/crm", pg.port)),
+        "{err}"
+    );
+
+    // With an instance running too: reset-password and psql reach the server.
+    ok_stdout(&cli_external(
+        &pg,
+        &data,
+        &["user", "reset-password", "--email", "bo@acme.org"],
+        "second password here\n",
+    ));
+    login(&base(&daemon), "bo@acme.org", "second password here");
+    let out = ok_stdout(&cli_external(
+        &pg,
+        &data,
+        &[
+            "psql",
+            "--",
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "SELECT current_user || ' ' || current_database()",
+        ],
+        "",
+    ));
+    assert_eq!(out.trim(), "pd crm");
+
+    // auth rotate-key here (no daemon on this data dir): rotated from the
+    // shared keys and published back, so the instances' tokens stay valid.
+    let shared = |pg: &ExternalPg| {
+        pg.admin_sql(
+            "crm",
+            "SELECT content FROM ops.shared_files WHERE name = 'jwt-keys.json'",
+        )
+    };
+    let before = shared(&pg);
+    ok_stdout(&cli_external(&pg, &data, &["auth", "rotate-key"], ""));
+    let after = shared(&pg);
+    assert_ne!(after, before);
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("secrets/jwt-keys.json"))
+            .expect("local keys")
+            .trim(),
+        after
+    );
+    let kids = |text: &str| -> Vec<String> {
+        let keys: Value = serde_json::from_str(text).expect("json keys");
+        keys.as_array()
+            .expect("a list of keys")
+            .iter()
+            .map(|k| k["kid"].as_str().expect("kid").to_string())
+            .collect()
+    };
+    let (old_kids, new_kids) = (kids(&before), kids(&after));
+    assert!(
+        new_kids.len() == old_kids.len() + 1 && old_kids.iter().all(|k| new_kids.contains(k)),
+        "the shared keys are kept and one added: {old_kids:?} -> {new_kids:?}"
+    );
+    assert!(!data.pgdata().exists());
+    assert!(daemon.stop().success());
 }

@@ -21,6 +21,7 @@ mod browser;
 mod cli;
 mod edge;
 mod external;
+mod handover;
 mod lifecycle;
 mod service;
 mod update;

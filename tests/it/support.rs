@@ -65,10 +65,16 @@ impl DataDir {
     }
 
     pub fn spawn_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        self.spawn_bin(Path::new(BIN), extra, env)
+    }
+
+    /// [`DataDir::spawn_env`] running the executable at `bin` (a copy that
+    /// a test may replace, as an update does).
+    pub fn spawn_bin(&self, bin: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = self.path().join(format!("daemon-{}.out", unique()));
         let out = fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("clone");
-        let child = Command::new(BIN)
+        let child = Command::new(bin)
             .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(self.path())
             .args(extra)
@@ -231,12 +237,55 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// The daemon that holds this data dir now: after an update handed over
+    /// to a new process, no longer the child this harness started.
+    pub fn current_pid(&self) -> Option<i32> {
+        let pid: i32 = fs::read_to_string(self.data_dir.join("pagodirecto.lock"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let ours = String::from_utf8_lossy(&cmdline).contains(&*self.data_dir.to_string_lossy());
+        ours.then_some(pid)
+    }
+
+    /// Stops a successor (by pid, SIGTERM then wait) if an update left one.
+    fn stop_successor(&self) {
+        let Some(pid) = self.current_pid() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if !alive(pid.as_raw()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+    }
+}
+
+/// Whether `pid` runs (a zombie nobody reaped yet does not).
+pub fn alive(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // "pid (comm) S ...": the state follows the last ')'.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+    })
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let Some(mut child) = self.child.take() else {
+            self.stop_successor();
             return;
         };
         if child.try_wait().ok().flatten().is_some() {
+            self.stop_successor();
             return;
         }
         if let Ok(pid) = i32::try_from(child.id()) {
