@@ -339,3 +339,92 @@ fn the_release_script_refuses_to_run_without_a_signing_key() {
         assert!(stderr(&out).contains(expected), "{}", stderr(&out));
     }
 }
+
+#[test]
+fn with_a_daemon_running_update_hands_over_to_the_newer_binary() {
+    let next = next_patch();
+    let newer = newer_binary();
+    let feed = Feed::serve(vec![FakeRelease::signed(&next, Some(&newer))]);
+    let data = DataDir::new();
+    let install = Install::new();
+    let mut daemon = data.spawn_bin(&install.exe, &[], &[("PAGODIRECTO_BACKUP__SCHEDULE", "")]);
+    daemon.wait_ready(std::time::Duration::from_secs(60));
+    let before = status(&data);
+
+    let out = install.update_cmd(&feed, data.path(), &["update"]);
+    let text = ok_stdout(&out);
+    let current = current_version();
+    let previous = install.dir.path().join("pagodirecto.previous");
+    assert!(text.contains("backup taken before the update: "), "{text}");
+    assert!(
+        text.contains(&format!(
+            "updated {current} → {next}; previous binary kept at {}",
+            previous.display()
+        )),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    // The old process hands over and exits; another one serves the new version.
+    assert!(
+        daemon
+            .wait_exit(std::time::Duration::from_secs(90))
+            .success(),
+        "{}",
+        daemon.log()
+    );
+    let after = status(&data);
+    assert_eq!(after["version"], next.to_string(), "{after}");
+    assert_ne!(after["pid"], before["pid"]);
+    assert_eq!(after["last_update"]["outcome"], "updated", "{after}");
+    assert_eq!(reported_version(&install.exe).0, next);
+    assert_eq!(reported_version(&previous).0, current);
+    // `daemon` is the old process; dropping it stops the new one by pid.
+}
+
+#[test]
+fn with_a_daemon_running_a_release_that_never_becomes_ready_is_rolled_back() {
+    let next = next_patch();
+    let (_, schema) = reported_version(std::path::Path::new(BIN));
+    // Answers the probe as the release it claims to be, but cannot run.
+    let broken = shell_binary(&format!(
+        "case \"$1\" in version) echo '{{\"version\":\"{next}\",\"schema\":{schema}}}';; *) echo 'broken release' >&2; exit 1;; esac"
+    ));
+    let feed = Feed::serve(vec![FakeRelease::signed(&next, Some(&broken))]);
+    let data = DataDir::new();
+    let install = Install::new();
+    let original = std::fs::read(&install.exe).expect("read");
+    let mut daemon = data.spawn_bin(&install.exe, &[], &[("PAGODIRECTO_BACKUP__SCHEDULE", "")]);
+    daemon.wait_ready(std::time::Duration::from_secs(60));
+    let before = status(&data);
+
+    let out = install.update_cmd(&feed, data.path(), &["update"]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        err.contains(&format!("the update to {next} was rolled back: "))
+            && err.contains(&format!(
+                "the daemon runs {} again and the previous binary is back at {}",
+                current_version(),
+                install.exe.display()
+            )),
+        "{err}"
+    );
+    assert!(
+        std::fs::read(&install.exe).expect("read") == original,
+        "the binary is the old one again"
+    );
+    assert_eq!(install.files(), ["pagodirecto"]);
+    let after = status(&data);
+    assert_eq!(after["version"], current_version().to_string(), "{after}");
+    assert_eq!(
+        after["pid"], before["pid"],
+        "the old image came back in the same process"
+    );
+    assert_eq!(after["last_update"]["outcome"], "rolled_back", "{after}");
+    assert!(daemon.try_wait().is_none(), "the daemon still runs");
+}
+
+fn status(data: &DataDir) -> serde_json::Value {
+    let out = data.cli(&["status", "--json"]);
+    serde_json::from_str(&ok_stdout(&out)).expect("status json")
+}
