@@ -119,7 +119,7 @@ pub async fn run(loaded: Loaded, options: Options, mut inherited: Inherited) -> 
     let lock = DataDirLock::acquire(&paths.lock_file(), paths.data_dir())?;
     if let Some(last) = handover::Record::load(&paths.update_record())
         && last.outcome == handover::Outcome::RolledBack
-        && last.from == env!("CARGO_PKG_VERSION")
+        && last.from == crate::update::VERSION
     {
         warn!(to = %last.to, reason = last.reason.as_deref().unwrap_or("?"), "the last update was rolled back");
     }
@@ -179,7 +179,7 @@ pub async fn run(loaded: Loaded, options: Options, mut inherited: Inherited) -> 
     let urls = serving.urls();
     info!(elapsed = ?started.elapsed(), ?urls, "ready");
     systemd::ready(&format!("serving on {}", urls.join(", ")));
-    inherited.announce_ready(env!("CARGO_PKG_VERSION"));
+    inherited.announce_ready(crate::update::VERSION);
 
     let context = StatusContext {
         config: &config,

@@ -212,7 +212,7 @@ pub(super) async fn hand_over(plan: Plan, running: Running<'_>) -> Result<Exit> 
     let sockets = std::mem::take(&mut serving.sockets);
     let mut attempt = Attempt {
         paths,
-        from: env!("CARGO_PKG_VERSION").to_owned(),
+        from: crate::update::VERSION.to_owned(),
         plan,
         restart: Restart { sockets, exe, args },
     };
