@@ -285,20 +285,7 @@ fn offline_update_installs_a_newer_signed_binary_after_a_backup() {
 
     let install = Install::new();
     let out = install.update_cmd(&feed, data.path(), &["update"]);
-    let text = ok_stdout(&out);
-    let current = current_version();
-    let previous = install.dir.path().join("pagodirecto.previous");
-    assert!(
-        text.contains(&format!(
-            "updated {current} → {next}; previous binary kept at {}",
-            previous.display()
-        )),
-        "{text}\n{}",
-        stderr(&out)
-    );
-    assert_eq!(reported_version(&install.exe).0, next);
-    assert_eq!(reported_version(&previous).0, current);
-    assert_eq!(install.files(), ["pagodirecto", "pagodirecto.previous"]);
+    let text = check_updated(&install, &out, &next);
 
     let label = format!("before-update-to-{}", next.to_string().replace('.', "_"));
     assert!(text.contains(&label), "{text}");
@@ -352,18 +339,8 @@ fn with_a_daemon_running_update_hands_over_to_the_newer_binary() {
     let before = status(&data);
 
     let out = install.update_cmd(&feed, data.path(), &["update"]);
-    let text = ok_stdout(&out);
-    let current = current_version();
-    let previous = install.dir.path().join("pagodirecto.previous");
+    let text = check_updated(&install, &out, &next);
     assert!(text.contains("backup taken before the update: "), "{text}");
-    assert!(
-        text.contains(&format!(
-            "updated {current} → {next}; previous binary kept at {}",
-            previous.display()
-        )),
-        "{text}\n{}",
-        stderr(&out)
-    );
     // The old process hands over and exits; another one serves the new version.
     assert!(
         daemon
@@ -376,8 +353,6 @@ fn with_a_daemon_running_update_hands_over_to_the_newer_binary() {
     assert_eq!(after["version"], next.to_string(), "{after}");
     assert_ne!(after["pid"], before["pid"]);
     assert_eq!(after["last_update"]["outcome"], "updated", "{after}");
-    assert_eq!(reported_version(&install.exe).0, next);
-    assert_eq!(reported_version(&previous).0, current);
     // `daemon` is the old process; dropping it stops the new one by pid.
 }
 
@@ -422,6 +397,27 @@ fn with_a_daemon_running_a_release_that_never_becomes_ready_is_rolled_back() {
     );
     assert_eq!(after["last_update"]["outcome"], "rolled_back", "{after}");
     assert!(daemon.try_wait().is_none(), "the daemon still runs");
+}
+
+/// `update` succeeded and says so; `next` is at the binary's path and the
+/// current version at `.previous`. Returns its stdout.
+#[track_caller]
+fn check_updated(install: &Install, out: &Output, next: &semver::Version) -> String {
+    let text = ok_stdout(out);
+    let current = current_version();
+    let previous = install.dir.path().join("pagodirecto.previous");
+    assert!(
+        text.contains(&format!(
+            "updated {current} → {next}; previous binary kept at {}",
+            previous.display()
+        )),
+        "{text}\n{}",
+        stderr(out)
+    );
+    assert_eq!(reported_version(&install.exe).0, *next);
+    assert_eq!(reported_version(&previous).0, current);
+    assert_eq!(install.files(), ["pagodirecto", "pagodirecto.previous"]);
+    text
 }
 
 fn status(data: &DataDir) -> serde_json::Value {
