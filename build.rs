@@ -9,7 +9,9 @@
 //!   the test fixture that builds a "newer" binary), else Cargo.toml's.
 //! - The release-signing keys the updater trusts (`src/update/verify.rs`):
 //!   every `packaging/update-keys/*.pub` (32 raw bytes, as `zipsign gen-key`
-//!   writes them), plus the test key in debug builds only.
+//!   writes them), plus the test key in debug builds only, plus the key
+//!   file `PAGODIRECTO_EXTRA_UPDATE_KEY` names, if set (a private feed's own
+//!   key, or `benches/update.sh`'s).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -55,6 +57,15 @@ fn update_keys() {
         "/// The release-signing keys (packaging/update-keys/*.pub), in file-name order.\n\
          pub const RELEASE_KEYS: &[[u8; 32]] = &[\n",
     );
+    // A key of one's own, for a private feed or a benchmark's builds:
+    // trusted by this build only (no shipped build sets it).
+    println!("cargo:rerun-if-env-changed=PAGODIRECTO_EXTRA_UPDATE_KEY");
+    if let Ok(extra) = std::env::var("PAGODIRECTO_EXTRA_UPDATE_KEY")
+        && !extra.is_empty()
+    {
+        println!("cargo:rerun-if-changed={extra}");
+        files.push(Path::new(&extra).to_path_buf());
+    }
     for file in &files {
         let _ = writeln!(out, "    {:?}, // {}", key_bytes(file), file.display());
     }

@@ -29,9 +29,13 @@ const ENV_PREFIX: &str = "PAGODIRECTO_";
 /// Variables with our prefix that are not config keys: the build's version
 /// (build.rs; cargo also sets it for `cargo run`/`cargo test`) and the
 /// release script's signing key. A release engineer's shell has them.
-/// (`crate::handover::ENV`, sockets passed from a previous process, is
-/// skipped too.)
-const NOT_CONFIG: &[&str] = &["PAGODIRECTO_VERSION", "PAGODIRECTO_SIGNING_KEY"];
+const NOT_CONFIG: &[&str] = &[
+    "PAGODIRECTO_VERSION",
+    "PAGODIRECTO_SIGNING_KEY",
+    "PAGODIRECTO_EXTRA_UPDATE_KEY",
+    // Sockets passed from a previous process (`crate::handover::ENV`).
+    "PAGODIRECTO_HANDOVER",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -44,8 +48,8 @@ pub struct Config {
     pub logging: LogConfig,
     pub auth: AuthConfig,
     pub backup: BackupConfig,
-    pub update: UpdateConfig,
     pub audit: AuditConfig,
+    pub update: UpdateConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -264,6 +268,26 @@ impl Default for BackupConfig {
     }
 }
 
+/// How long the audit log is kept. Pruning is a job that runs once across
+/// instances (the leader's), as the tables' owner.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Audit rows older than this many days are deleted; 0 = kept forever.
+    pub keep_days: u32,
+    /// When to prune: a 5-field cron expression in local time ("" = never).
+    pub prune_schedule: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            keep_days: 365,
+            prune_schedule: "15 4 * * *".into(),
+        }
+    }
+}
+
 /// Self-update of a standalone install (`pagodirecto update`, see
 /// `crate::update`); a .deb install is updated by apt and ignores it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -320,22 +344,14 @@ impl Default for UpdateConfig {
     }
 }
 
-/// How long the audit log is kept. Pruning is a job that runs once across
-/// instances (the leader's), as the tables' owner.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuditConfig {
-    /// Audit rows older than this many days are deleted; 0 = kept forever.
-    pub keep_days: u32,
-    /// When to prune: a 5-field cron expression in local time ("" = never).
-    pub prune_schedule: String,
-}
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        Self {
-            keep_days: 365,
-            prune_schedule: "15 4 * * *".into(),
+impl AuditConfig {
+    /// The schedule pruning actually follows: none when rows are kept forever.
+    #[must_use]
+    pub fn effective_schedule(&self) -> &str {
+        if self.keep_days == 0 {
+            ""
+        } else {
+            &self.prune_schedule
         }
     }
 }
@@ -389,18 +405,6 @@ impl UpdateConfig {
     }
 }
 
-impl AuditConfig {
-    /// The schedule pruning actually follows: none when rows are kept forever.
-    #[must_use]
-    pub fn effective_schedule(&self) -> &str {
-        if self.keep_days == 0 {
-            ""
-        } else {
-            &self.prune_schedule
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
@@ -451,8 +455,8 @@ impl Default for Config {
             logging: LogConfig::default(),
             auth: AuthConfig::default(),
             backup: BackupConfig::default(),
-            update: UpdateConfig::default(),
             audit: AuditConfig::default(),
+            update: UpdateConfig::default(),
         }
     }
 }
@@ -1102,7 +1106,7 @@ impl figment::Provider for EnvVars {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            if NOT_CONFIG.contains(&name.as_str()) || name == crate::handover::ENV {
+            if NOT_CONFIG.contains(&name.as_str()) {
                 continue;
             }
             let key = rest.to_ascii_lowercase().replace("__", ".");

@@ -11,10 +11,9 @@
 //! `verify` holds the trusted keys, the signature check, the unpacking and
 //! the probe.
 //!
-//! Called by `cli::update`, which then either backs up itself (no daemon)
-//! or asks the running daemon to hand over to the swapped-in binary
-//! (`control::Request::Upgrade`, `daemon::upgrade`). Knows nothing of
-//! either: it gets the `[update]` section and a path.
+//! Called by `cli::update` (the offline path: no daemon runs) and by
+//! `daemon` (an update asked over the control socket, or an automatic one).
+//! Knows nothing of either: it gets the `[update]` section and a path.
 //!
 //! Invariants:
 //! - An archive is refused unless a key built into the binary signed it

@@ -1,25 +1,24 @@
 //! `pagodirecto version`, `pagodirecto update --check` and `pagodirecto update`.
 //!
 //! `update` refuses a binary that dpkg owns (apt updates it). It stages the
-//! verified release beside the binary (the running daemon's, else this
-//! one) and swaps the file. With a daemon running, it then asks the daemon
-//! to hand over to the new version (`Request::Upgrade`: the daemon backs up,
-//! starts the new binary on its sockets and rolls back if it is not ready;
-//! docs/update-handover.md) and waits for the outcome in `status`, putting
-//! the previous file back after a rollback. With none, it takes the backup
-//! itself, the way `backup create` does offline, before the swap.
+//! verified release beside the binary. With a daemon running, it swaps the
+//! file and asks the daemon (control socket, `upgrade`) to back up and hand
+//! its sockets over to the new binary (`daemon::upgrade`), then waits for
+//! the outcome in `status`: the new version serving, or a rollback — after
+//! which the previous file goes back too. With none, it takes a backup the
+//! way `backup create` does offline, then swaps the binaries.
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
 use super::database::Session;
 use crate::config::Loaded;
 use crate::control::{self, Request, StatusReport};
-use crate::handover::{Outcome, Record};
-use crate::update::{self, Options};
+use crate::handover::Outcome;
+use crate::update::{self, Installed, Options};
 
 /// `pagodirecto version [--json]`. The daemon runs this on a staged binary
 /// to learn what it is, so it reads no config and needs nothing else.
@@ -92,17 +91,15 @@ fn indent(text: &str) -> String {
 pub async fn run(loaded: Loaded, allow_downgrade: bool) -> Result<ExitCode> {
     super::init_cli_logging(&loaded);
     let socket = loaded.config.paths().control_socket();
-    // With a daemon running, the file to replace is the one it runs.
     let running = match control::call(&socket, &Request::Status).await {
         Ok(value) => Some(
-            serde_json::from_value::<StatusReport>(value)
-                .context("reading the running daemon's status")?,
+            serde_json::from_value::<StatusReport>(value).context("reading the daemon's status")?,
         ),
         Err(control::Error::NotRunning { .. }) => None,
-        Err(control::Error::Refused(reason)) => bail!("{reason}"),
         Err(err) => return Err(err.into()),
     };
-    let exe = match running.as_ref().and_then(|status| status.exe.clone()) {
+    // The binary the daemon runs, which need not be the one running this.
+    let exe = match running.as_ref().and_then(|r| r.exe.clone()) {
         Some(exe) => exe,
         None => update::current_exe()?,
     };
@@ -115,121 +112,98 @@ pub async fn run(loaded: Loaded, allow_downgrade: bool) -> Result<ExitCode> {
     }
     let options = Options { allow_downgrade };
     match running {
-        None => offline(&loaded, &exe, &options).await,
-        Some(_) => online(&loaded, &socket, &exe, &options).await,
+        Some(daemon) => online(&loaded, &exe, &options, &daemon).await,
+        None => offline(&loaded, &exe, allow_downgrade).await,
     }
 }
 
-/// Beyond `ready_timeout`, how long the hand-over may take: the pre-update
-/// backup when it is taken in the gap (an update that migrates), stopping
-/// and starting PostgreSQL.
-const HAND_OVER_MARGIN: Duration = Duration::from_secs(15 * 60);
-
-/// A daemon runs: stage → swap the file → ask it to hand over to the new
-/// version (it backs up first) → wait for the outcome in `status`. When it
-/// rolls back, the previous binary is put back on disk too.
-async fn online(loaded: &Loaded, socket: &Path, exe: &Path, options: &Options) -> Result<ExitCode> {
-    let cfg = &loaded.config.update;
-    let staged = update::stage(cfg, exe, options).await?;
+/// A daemon runs: stage, swap the file, and have the daemon hand over to
+/// it; wait for the outcome.
+async fn online(
+    loaded: &Loaded,
+    exe: &Path,
+    options: &Options,
+    daemon: &StatusReport,
+) -> Result<ExitCode> {
+    let staged = update::stage(&loaded.config.update, exe, options).await?;
     let (version, schema) = (staged.version.to_string(), staged.schema);
     let installed = update::install(staged).context("swapping the binaries")?;
-    let asked = time::OffsetDateTime::now_utc() - Duration::from_secs(5);
+    println!(
+        "verified {version}; installed at {} (previous kept at {})",
+        installed.exe.display(),
+        installed.previous.display()
+    );
+    let socket = loaded.config.paths().control_socket();
+    let asked = time::OffsetDateTime::now_utc();
     let request = Request::Upgrade {
         version: version.clone(),
         schema,
     };
-    let answer = match control::call(socket, &request).await {
+    let answer = match control::call(&socket, &request).await {
         Ok(answer) => answer,
         Err(err) => {
-            let refused = anyhow::Error::from(err);
-            return Err(match installed.revert() {
-                Ok(()) => refused.context(format!(
-                    "the daemon did not take the update to {version}; the previous binary is back at {}, nothing was changed",
-                    exe.display()
-                )),
-                Err(revert) => refused.context(format!(
-                    "the daemon did not take the update to {version}, and putting the previous binary back failed ({:#}): move {} to {} by hand",
-                    anyhow::Error::from(revert),
-                    installed.previous.display(),
-                    exe.display()
-                )),
-            });
+            put_back(&installed);
+            return Err(anyhow::Error::from(err).context(format!(
+                "the daemon did not take the update to {version}; the previous binary is back in place"
+            )));
         }
     };
-    match answer["backup"].as_str() {
+    match answer.get("backup").and_then(|b| b.as_str()) {
         Some(backup) => println!("backup taken before the update: {backup}"),
-        None if answer["backup_in_gap"].as_bool() == Some(true) => {
-            println!(
-                "{version} migrates the database: the daemon backs up once it has stopped serving"
-            );
-        }
-        None => {}
+        None => println!(
+            "{version} migrates the database: the backup is taken once requests have stopped"
+        ),
     }
-    println!("the daemon is handing over to {version}…");
-    let deadline = tokio::time::Instant::now() + cfg.ready_timeout + HAND_OVER_MARGIN;
+    println!("handing the sockets over to {version} (connections wait, none is refused)…");
+    // The backup in the gap and a rollback's restore take time on a large
+    // database: wait for an outcome, not for a guess.
+    let deadline = Instant::now() + loaded.config.update.ready_timeout + Duration::from_secs(3600);
     loop {
-        if let Some((record, report)) = outcome(socket, &version, asked).await {
-            match record.outcome {
-                Outcome::InProgress => {}
-                Outcome::Updated => {
-                    println!(
-                        "updated {} → {version}; previous binary kept at {}; pid {} serves {}",
-                        record.from,
-                        installed.previous.display(),
-                        report.pid,
-                        report.version
-                    );
-                    return Ok(ExitCode::SUCCESS);
-                }
-                Outcome::RolledBack => {
-                    let reason = record.reason.unwrap_or_else(|| "no reason recorded".into());
-                    let put_back = match installed.revert() {
-                        Ok(()) => format!("the previous binary is back at {}", exe.display()),
-                        Err(err) => format!(
-                            "putting the previous binary back failed ({:#}): move {} to {} by hand",
-                            anyhow::Error::from(err),
-                            installed.previous.display(),
-                            exe.display()
-                        ),
-                    };
-                    bail!(
-                        "the update to {version} was rolled back: {reason}; the daemon runs {} again and {put_back}",
-                        record.from
-                    );
-                }
+        if let Ok(value) = control::call(&socket, &Request::Status).await
+            && let Ok(now) = serde_json::from_value::<StatusReport>(value)
+        {
+            if now.pid != daemon.pid && now.version == version && now.ready {
+                println!(
+                    "updated {} → {version}: pid {} serves",
+                    daemon.version, now.pid
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            if let Some(last) = now.last_update.filter(|u| u.to == version && u.at >= asked)
+                && last.outcome == Outcome::RolledBack
+                && now.ready
+            {
+                put_back(&installed);
+                bail!(
+                    "the update to {version} was rolled back: {}. {} serves again, and the previous binary is back at {}",
+                    last.reason.as_deref().unwrap_or("no reason recorded"),
+                    now.version,
+                    installed.exe.display()
+                );
             }
         }
-        if tokio::time::Instant::now() > deadline {
+        if Instant::now() > deadline {
             bail!(
-                "the update to {version} has not finished after {:?}; see pagodirecto status (the new binary is at {}, the previous one at {})",
-                cfg.ready_timeout + HAND_OVER_MARGIN,
-                exe.display(),
-                installed.previous.display()
+                "no outcome of the update to {version} yet; see pagodirecto status and pagodirecto logs"
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// The daemon's record of the update to `version` made after `asked`, once a
-/// daemon answers (during the hand-over none may).
-async fn outcome(
-    socket: &Path,
-    version: &str,
-    asked: time::OffsetDateTime,
-) -> Option<(Record, StatusReport)> {
-    let value = control::call(socket, &Request::Status).await.ok()?;
-    let report: StatusReport = serde_json::from_value(value).ok()?;
-    let record = report
-        .last_update
-        .clone()
-        .filter(|r| r.to == version && r.at >= asked)?;
-    Some((record, report))
+fn put_back(installed: &Installed) {
+    if let Err(err) = installed.revert() {
+        eprintln!("pagodirecto: cannot put the previous binary back: {err}");
+    }
 }
 
 /// No daemon: stage → backup → swap, here.
-async fn offline(loaded: &Loaded, exe: &Path, options: &Options) -> Result<ExitCode> {
-    let staged = update::stage(&loaded.config.update, exe, options).await?;
+async fn offline(
+    loaded: &Loaded,
+    exe: &std::path::Path,
+    allow_downgrade: bool,
+) -> Result<ExitCode> {
+    let staged = update::stage(&loaded.config.update, exe, &Options { allow_downgrade }).await?;
     let version = staged.version.clone();
     let backup = match backup_before(loaded, &version).await {
         Ok(backup) => backup,

@@ -238,7 +238,7 @@ pub(super) async fn hand_over(plan: Plan, running: Running<'_>) -> Result<Exit> 
     cgroups.release();
     attempt.record(Outcome::InProgress, None);
 
-    let timeout = ready_timeout(config);
+    let timeout = config.update.ready_timeout;
     let Restart { sockets, exe, args } = &attempt.restart;
     let mut successor = match sockets.spawn_successor(exe, args) {
         Ok(successor) => successor,
@@ -386,9 +386,4 @@ async fn ping_watchdog() {
         systemd::watchdog();
         tokio::time::sleep(every).await;
     }
-}
-
-/// How long the new version gets to become ready.
-fn ready_timeout(config: &Config) -> Duration {
-    config.update.ready_timeout
 }

@@ -4,8 +4,10 @@
 //! release is installed after a backup, keeping the old binary.
 
 use std::process::Output;
+use std::time::Duration;
 
-use crate::support::{BIN, DataDir, ok_stdout};
+use crate::handover::Prober;
+use crate::support::{BIN, DataDir, ok_stdout, sql};
 use crate::update_support::{
     FakeRelease, Feed, Install, archive, asset_name, binary_reporting, current_version,
     newer_binary, next_patch, reported_version, script_binary, shell_binary, sign, test_key,
@@ -285,7 +287,20 @@ fn offline_update_installs_a_newer_signed_binary_after_a_backup() {
 
     let install = Install::new();
     let out = install.update_cmd(&feed, data.path(), &["update"]);
-    let text = check_updated(&install, &out, &next);
+    let text = ok_stdout(&out);
+    let current = current_version();
+    let previous = install.dir.path().join("pagodirecto.previous");
+    assert!(
+        text.contains(&format!(
+            "updated {current} → {next}; previous binary kept at {}",
+            previous.display()
+        )),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert_eq!(reported_version(&install.exe).0, next);
+    assert_eq!(reported_version(&previous).0, current);
+    assert_eq!(install.files(), ["pagodirecto", "pagodirecto.previous"]);
 
     let label = format!("before-update-to-{}", next.to_string().replace('.', "_"));
     assert!(text.contains(&label), "{text}");
@@ -327,100 +342,121 @@ fn the_release_script_refuses_to_run_without_a_signing_key() {
     }
 }
 
+/// `pagodirecto status --json` of the daemon on `data`.
+fn status_json(data: &DataDir) -> serde_json::Value {
+    serde_json::from_str(&ok_stdout(&data.cli(&["status", "--json"]))).expect("status json")
+}
+
 #[test]
-fn with_a_daemon_running_update_hands_over_to_the_newer_binary() {
+fn update_hands_a_running_daemon_over_to_a_newer_build_and_no_request_fails() {
     let next = next_patch();
     let newer = newer_binary();
     let feed = Feed::serve(vec![FakeRelease::signed(&next, Some(&newer))]);
     let data = DataDir::new();
+    // The daemon runs the binary `update` replaces: a copy, not the test's.
     let install = Install::new();
     let mut daemon = data.spawn_bin(&install.exe, &[], &[("PAGODIRECTO_BACKUP__SCHEDULE", "")]);
-    daemon.wait_ready(std::time::Duration::from_secs(60));
-    let before = status(&data);
+    daemon.wait_ready(Duration::from_secs(60));
+    sql(
+        &data,
+        "CREATE TABLE public.kept (n int); INSERT INTO public.kept VALUES (42)",
+    );
+    let before = status_json(&data);
 
+    let prober = Prober::start(daemon.addr.as_deref().expect("ready"), "/health");
     let out = install.update_cmd(&feed, data.path(), &["update"]);
-    let text = check_updated(&install, &out, &next);
-    assert!(text.contains("backup taken before the update: "), "{text}");
-    // The old process hands over and exits; another one serves the new version.
+    let (answered, failures) = prober.finish();
+    let text = ok_stdout(&out);
+
     assert!(
-        daemon
-            .wait_exit(std::time::Duration::from_secs(90))
-            .success(),
+        text.contains(&format!("→ {next}: pid")),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert!(text.contains("backup taken before the update: "), "{text}");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during the update: {failures:?}",
+        failures.len(),
+        answered + failures.len()
+    );
+    assert!(
+        answered > 10,
+        "the prober ran throughout ({answered} answers)"
+    );
+    // The old process handed over and exited; the new one serves the data.
+    assert!(
+        daemon.wait_exit(Duration::from_secs(30)).success(),
         "{}",
         daemon.log()
     );
-    let after = status(&data);
-    assert_eq!(after["version"], next.to_string(), "{after}");
+    let after = status_json(&data);
+    assert_eq!(after["version"], next.to_string());
     assert_ne!(after["pid"], before["pid"]);
-    assert_eq!(after["last_update"]["outcome"], "updated", "{after}");
-    // `daemon` is the old process; dropping it stops the new one by pid.
+    assert_eq!(after["listen"], before["listen"]);
+    assert_eq!(after["last_update"]["outcome"], "updated");
+    assert_eq!(sql(&data, "SELECT n FROM public.kept"), "42");
+    assert_eq!(reported_version(&install.exe).0, next);
+    // `daemon` (the old process) is gone; dropping it stops the new one.
 }
 
 #[test]
-fn with_a_daemon_running_a_release_that_never_becomes_ready_is_rolled_back() {
+fn a_new_version_that_never_becomes_ready_is_rolled_back_and_the_old_one_serves() {
     let next = next_patch();
-    let (_, schema) = reported_version(std::path::Path::new(BIN));
-    // Answers the probe as the release it claims to be, but cannot run.
-    let broken = shell_binary(&format!(
-        "case \"$1\" in version) echo '{{\"version\":\"{next}\",\"schema\":{schema}}}';; *) echo 'broken release' >&2; exit 1;; esac"
-    ));
-    let feed = Feed::serve(vec![FakeRelease::signed(&next, Some(&broken))]);
+    // Signed and honest about its version, but it never serves.
+    let hangs = tempfile::NamedTempFile::new()
+        .expect("tempfile")
+        .into_temp_path();
+    std::fs::write(
+        &hangs,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = version ]; then echo '{{\"version\":\"{next}\",\"schema\":{}}}'; exit 0; fi\nexec sleep 600\n",
+            pagodirecto::migrate::latest_known()
+        ),
+    )
+    .expect("write");
+    let feed = Feed::serve(vec![FakeRelease::signed(&next, Some(&hangs))]);
     let data = DataDir::new();
     let install = Install::new();
-    let original = std::fs::read(&install.exe).expect("read");
-    let mut daemon = data.spawn_bin(&install.exe, &[], &[("PAGODIRECTO_BACKUP__SCHEDULE", "")]);
-    daemon.wait_ready(std::time::Duration::from_secs(60));
-    let before = status(&data);
+    let original = std::fs::read(&install.exe).expect("read the binary");
+    let mut daemon = data.spawn_bin(
+        &install.exe,
+        &[],
+        &[
+            ("PAGODIRECTO_BACKUP__SCHEDULE", ""),
+            ("PAGODIRECTO_UPDATE__READY_TIMEOUT", "3s"),
+        ],
+    );
+    daemon.wait_ready(Duration::from_secs(60));
+    let before = status_json(&data);
 
+    let prober = Prober::start(daemon.addr.as_deref().expect("ready"), "/health");
     let out = install.update_cmd(&feed, data.path(), &["update"]);
+    let (answered, failures) = prober.finish();
+
+    assert!(!out.status.success(), "{}", ok_stdout(&out));
     let err = stderr(&out);
-    assert!(!out.status.success(), "{out:?}");
     assert!(
-        err.contains(&format!("the update to {next} was rolled back: "))
-            && err.contains(&format!(
-                "the daemon runs {} again and the previous binary is back at {}",
-                current_version(),
-                install.exe.display()
-            )),
+        err.contains(&format!("the update to {next} was rolled back"))
+            && err.contains("not ready within 3s"),
         "{err}"
     );
     assert!(
-        std::fs::read(&install.exe).expect("read") == original,
-        "the binary is the old one again"
+        failures.is_empty(),
+        "{} of {} requests failed: {failures:?}",
+        failures.len(),
+        answered + failures.len()
     );
-    assert_eq!(install.files(), ["pagodirecto"]);
-    let after = status(&data);
-    assert_eq!(after["version"], current_version().to_string(), "{after}");
-    assert_eq!(
-        after["pid"], before["pid"],
-        "the old image came back in the same process"
-    );
-    assert_eq!(after["last_update"]["outcome"], "rolled_back", "{after}");
-    assert!(daemon.try_wait().is_none(), "the daemon still runs");
-}
-
-/// `update` succeeded and says so; `next` is at the binary's path and the
-/// current version at `.previous`. Returns its stdout.
-#[track_caller]
-fn check_updated(install: &Install, out: &Output, next: &semver::Version) -> String {
-    let text = ok_stdout(out);
-    let current = current_version();
-    let previous = install.dir.path().join("pagodirecto.previous");
+    // The old binary is back on disk, and the old version serves in the
+    // same process (exec'd again with the same sockets).
+    assert_eq!(std::fs::read(&install.exe).expect("read"), original);
+    let after = status_json(&data);
+    assert_eq!(after["version"], before["version"]);
+    assert_eq!(after["pid"], before["pid"]);
+    assert_eq!(after["last_update"]["outcome"], "rolled_back");
+    assert!(daemon.try_wait().is_none(), "{}", daemon.log());
     assert!(
-        text.contains(&format!(
-            "updated {current} → {next}; previous binary kept at {}",
-            previous.display()
-        )),
-        "{text}\n{}",
-        stderr(out)
+        String::from_utf8_lossy(&data.cli(&["status"]).stdout).contains("ROLLED BACK"),
+        "status shows the rollback"
     );
-    assert_eq!(reported_version(&install.exe).0, *next);
-    assert_eq!(reported_version(&previous).0, current);
-    assert_eq!(install.files(), ["pagodirecto", "pagodirecto.previous"]);
-    text
-}
-
-fn status(data: &DataDir) -> serde_json::Value {
-    let out = data.cli(&["status", "--json"]);
-    serde_json::from_str(&ok_stdout(&out)).expect("status json")
 }
