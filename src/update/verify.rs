@@ -42,7 +42,7 @@ pub const TRUSTED_KEYS: &[[u8; 32]] = &{
 const _: () = assert!(!RELEASE_KEYS.is_empty() && !TRUSTED_KEYS.is_empty());
 
 /// How long `<binary> version --json` may take before it is killed.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A temporary file in `dir` (the executable's directory); deleted on drop.
 pub fn temp_in(dir: &Path) -> Result<tempfile::NamedTempFile, Error> {

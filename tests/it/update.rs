@@ -10,7 +10,8 @@ use crate::handover::Prober;
 use crate::support::{BIN, DataDir, ok_stdout, sql};
 use crate::update_support::{
     FakeRelease, Feed, Install, archive, asset_name, binary_reporting, current_version,
-    newer_binary, next_patch, reported_version, script_binary, sign, test_key, untrusted_key,
+    newer_binary, next_patch, reported_version, script_binary, shell_binary, sign, test_key,
+    untrusted_key,
 };
 
 fn stderr(out: &Output) -> String {
@@ -221,6 +222,36 @@ fn a_feed_that_lies_about_the_version_is_refused() {
         FakeRelease::signed(&next, Some(&mute)),
         &["update"],
         "version --json) failed: it printed \"hello\", not JSON",
+    );
+}
+
+#[test]
+fn a_new_binary_that_hangs_is_killed_and_refused() {
+    let next = next_patch();
+    let pid_file = tempfile::NamedTempFile::new().expect("tempfile");
+    let hangs = shell_binary(&format!(
+        "echo $$ > {}\nexec sleep 600",
+        pid_file.path().display()
+    ));
+    check_refused(
+        FakeRelease::signed(&next, Some(&hangs)),
+        &["update"],
+        "version --json) failed: no answer within 10s; it was killed",
+    );
+    let pid: i32 = std::fs::read_to_string(pid_file.path())
+        .expect("the binary ran")
+        .trim()
+        .parse()
+        .expect("pid");
+    // Killed (SIGKILL on timeout): gone, or a zombie until init reaps it.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit(") ")
+        .next()
+        .and_then(|rest| rest.chars().next());
+    assert!(
+        stat.is_empty() || state == Some('Z'),
+        "the hung binary {pid} still runs: {stat}"
     );
 }
 

@@ -107,11 +107,16 @@ pub fn sign(archive: &[u8], asset: &str, key: &SigningKey) -> Vec<u8> {
 /// A stand-in for a release binary: a shell script that answers
 /// `version --json` with `output` (the probe runs nothing else).
 pub fn script_binary(output: &str) -> tempfile::TempPath {
+    shell_binary(&format!("echo '{output}'"))
+}
+
+/// A stand-in for a release binary that runs `body` (sh) whatever it is asked.
+pub fn shell_binary(body: &str) -> tempfile::TempPath {
     let mut file = tempfile::Builder::new()
         .prefix("pd-fake-binary-")
         .tempfile()
         .expect("tempfile");
-    writeln!(file, "#!/bin/sh\necho '{output}'").expect("write");
+    writeln!(file, "#!/bin/sh\n{body}").expect("write");
     // Only its bytes matter: `archive` stores it as 0755.
     file.into_temp_path()
 }
