@@ -466,6 +466,17 @@ fn deb_installs_runs_upgrades_keeps_data_and_purges() {
     // The CLI, as root, finds the service through /etc/pagodirecto.
     let status = run("/usr/bin/pagodirecto", &["status", "--json"]);
     assert!(status.contains("\"version\""), "{status}");
+    // dpkg owns the binary: `update` says to use apt and touches nothing
+    // (it fails before it would read any feed).
+    let before = fs::read("/usr/bin/pagodirecto").expect("read the binary");
+    let update = quiet("/usr/bin/pagodirecto", &["update"]).expect("run update");
+    let said = String::from_utf8_lossy(&update.stderr);
+    assert!(
+        !update.status.success()
+            && said.contains("installed by the Debian package pagodirecto; update it with apt"),
+        "{update:?}"
+    );
+    assert_eq!(fs::read("/usr/bin/pagodirecto").expect("read"), before);
     let files: Vec<_> = fs::read_dir(LOGS).expect("log dir").collect();
     assert!(!files.is_empty(), "daily log files in {LOGS}");
     let status = daemon.stop();
