@@ -147,12 +147,12 @@ marks = {
 }
 seen, times = set(), {}
 text = re.sub(r"\x1b\[[0-9;]*m", "", open(sys.argv[2]).read())
-after = text[text.find("updating: handing the sockets over"):]
+after = text[text.rfind("\n", 0, text.find("updating: handing the sockets over")) + 1:]
 for line in after.splitlines():
     for name, pattern in marks.items():
-        if name not in times and re.search(pattern, line):
-            stamp = line.split()[0].rstrip("Z")[:26]
-            times[name] = datetime.fromisoformat(stamp)
+        stamp = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?)", line)
+        if stamp and name not in times and re.search(pattern, line):
+            times[name] = datetime.fromisoformat(stamp.group(1))
 if "handing over" in times and "new process ready" in times:
     t0 = times["handing over"]
     print("  the swap (no process accepting; connections wait in the backlog):")

@@ -258,6 +258,7 @@ pub async fn stage(cfg: &UpdateConfig, exe: &Path, options: &Options) -> Result<
     // Before any network: a read-only /usr/bin should be a clear error, not
     // a failure after a long download.
     let download = verify::temp_in(&dir)?;
+    remove_leftovers(&dir, exe);
     let available = check(cfg).await?;
     let channel = cfg.channel.as_str();
     let Some(release) = available.latest else {
@@ -315,6 +316,36 @@ pub async fn stage(cfg: &UpdateConfig, exe: &Path, options: &Options) -> Result<
         binary,
         exe: exe.to_path_buf(),
     })
+}
+
+/// Staged binaries an interrupted update left beside `exe` (named
+/// `<exe name>-<version>.staged`: nothing else is). Temp files are not
+/// touched: another update may be downloading into one now.
+fn remove_leftovers(dir: &Path, exe: &Path) {
+    let Some(prefix) = exe
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| format!("{n}-"))
+    else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with(".staged") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %entry.path().display(), "removed a binary an interrupted update left")
+                }
+                Err(err) => {
+                    tracing::warn!(file = %entry.path().display(), %err, "cannot remove a binary an interrupted update left")
+                }
+            }
+        }
+    }
 }
 
 /// `<exe name>-<version>.staged`, beside the executable.
@@ -507,6 +538,27 @@ mod tests {
         installed.revert().expect("revert");
         assert_eq!(std::fs::read(&exe).expect("read"), b"old");
         assert!(!installed.previous.exists());
+    }
+
+    #[test]
+    fn staged_binaries_an_interrupted_update_left_are_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let exe = dir.path().join("pagodirecto");
+        for name in [
+            "pagodirecto",
+            "pagodirecto-0.1.1.staged",
+            "other-0.1.1.staged",
+            "notes.txt",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").expect("write");
+        }
+        remove_leftovers(dir.path(), &exe);
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf8"))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["notes.txt", "other-0.1.1.staged", "pagodirecto"]);
     }
 
     #[test]
