@@ -338,10 +338,10 @@ fn remove_leftovers(dir: &Path, exe: &Path) {
         if name.starts_with(&prefix) && name.ends_with(".staged") {
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => {
-                    tracing::info!(file = %entry.path().display(), "removed a binary an interrupted update left")
+                    tracing::info!(file = %entry.path().display(), "removed a binary an interrupted update left");
                 }
                 Err(err) => {
-                    tracing::warn!(file = %entry.path().display(), %err, "cannot remove a binary an interrupted update left")
+                    tracing::warn!(file = %entry.path().display(), %err, "cannot remove a binary an interrupted update left");
                 }
             }
         }
