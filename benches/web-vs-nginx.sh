@@ -68,7 +68,9 @@ events { worker_connections 4096; }
 http {
     include /etc/nginx/mime.types;
     default_type application/octet-stream;
-    access_log off;
+    # Like the old stack's nginx image (its default config logs every
+    # request), and like the daemon, which logs every request at info.
+    access_log $work/nginx-access.log combined;
     sendfile on;
     tcp_nopush on;
     keepalive_requests 1000000;

@@ -367,6 +367,14 @@ impl Successor {
         }
     }
 
+    /// Waits until the successor exits; its exit status, as text.
+    pub async fn exited(&mut self) -> String {
+        match self.child.wait().await {
+            Ok(status) => status.to_string(),
+            Err(err) => format!("cannot wait for it: {err}"),
+        }
+    }
+
     /// Stops a successor that failed: SIGTERM (it stops its postgres in
     /// order), then SIGKILL after `grace`.
     pub async fn stop(mut self, grace: Duration) {

@@ -16,8 +16,8 @@
 //! 4. Start the new binary with the same arguments and the sockets
 //!    ([`handover::ENV`]); it starts postgres, migrates, serves on the
 //!    inherited sockets, and says `ready` on a pipe.
-//! 5. Ready in time with the expected version: record `updated`, tell
-//!    systemd the new main pid, exit. Otherwise: stop it, restore the
+//! 5. Ready in time with the expected version, and still up [`SETTLE`]
+//!    later: record `updated`, tell systemd the new main pid, exit. Otherwise: stop it, restore the
 //!    pre-update backup if it may have migrated, record `rolled_back` with
 //!    the reason, and exec this process's own image again (same pid,
 //!    same sockets), which starts as a normal daemon.
@@ -43,6 +43,10 @@ use crate::handover::{self, Outcome, Record};
 use crate::lock::DataDirLock;
 use crate::paths::Paths;
 use crate::{migrate, postgres, systemd, update};
+
+/// How long a new version that said it is ready must stay up before this
+/// process leaves (and with it the way back).
+const SETTLE: Duration = Duration::from_secs(3);
 
 /// An update the event loop accepted: the backup is taken (or due in the
 /// gap), the sockets are to be handed over.
@@ -378,10 +382,19 @@ pub(super) async fn hand_over(plan: Plan, running: Running<'_>) -> Result<Exit> 
     let expected = &attempt.plan.version;
     let reason = match outcome {
         Ok(ready) if ready.version == *expected => {
-            attempt.record(Outcome::Updated, None);
-            systemd::main_pid(ready.pid);
-            info!(pid = ready.pid, version = %ready.version, "the new version serves; this process exits");
-            return Ok(Exit::HandedOver);
+            // Still holding the sockets, this process can go back if the
+            // new one dies right after it became ready (a crash loop).
+            match tokio::time::timeout(SETTLE, successor.exited()).await {
+                Err(_) => {
+                    attempt.record(Outcome::Updated, None);
+                    systemd::main_pid(ready.pid);
+                    info!(pid = ready.pid, version = %ready.version, "the new version serves; this process exits");
+                    return Ok(Exit::HandedOver);
+                }
+                Ok(status) => format!(
+                    "version {expected} exited ({status}) within {SETTLE:?} of becoming ready"
+                ),
+            }
         }
         Ok(ready) => format!(
             "the new binary said it is version {} (expected {expected})",

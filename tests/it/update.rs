@@ -400,22 +400,26 @@ fn update_hands_a_running_daemon_over_to_a_newer_build_and_no_request_fails() {
     // `daemon` (the old process) is gone; dropping it stops the new one.
 }
 
-#[test]
-fn a_new_version_that_never_becomes_ready_is_rolled_back_and_the_old_one_serves() {
+/// Updates a running daemon to a signed release whose binary is a script:
+/// it answers `version --json` honestly and does `on_run` (where `{next}`
+/// is its version) when started as the successor. The update must be
+/// rolled back with `reason`, the old binary back on disk and the old
+/// version serving in the same process, with no request failed meanwhile.
+fn update_is_rolled_back(on_run: &str, reason: &str) {
     let next = next_patch();
-    // Signed and honest about its version, but it never serves.
-    let hangs = tempfile::NamedTempFile::new()
+    let script = tempfile::NamedTempFile::new()
         .expect("tempfile")
         .into_temp_path();
     std::fs::write(
-        &hangs,
+        &script,
         format!(
-            "#!/bin/sh\nif [ \"$1\" = version ]; then echo '{{\"version\":\"{next}\",\"schema\":{}}}'; exit 0; fi\nexec sleep 600\n",
-            pagodirecto::migrate::latest_known()
+            "#!/bin/sh\nif [ \"$1\" = version ]; then echo '{{\"version\":\"{next}\",\"schema\":{}}}'; exit 0; fi\n{}\n",
+            pagodirecto::migrate::latest_known(),
+            on_run.replace("{next}", &next.to_string()),
         ),
     )
     .expect("write");
-    let feed = Feed::serve(vec![FakeRelease::signed(&next, Some(&hangs))]);
+    let feed = Feed::serve(vec![FakeRelease::signed(&next, Some(&script))]);
     let data = DataDir::new();
     let install = Install::new();
     let original = std::fs::read(&install.exe).expect("read the binary");
@@ -437,9 +441,8 @@ fn a_new_version_that_never_becomes_ready_is_rolled_back_and_the_old_one_serves(
     assert!(!out.status.success(), "{}", ok_stdout(&out));
     let err = stderr(&out);
     assert!(
-        err.contains(&format!("the update to {next} was rolled back"))
-            && err.contains("not ready within 3s"),
-        "{err}"
+        err.contains(&format!("the update to {next} was rolled back")) && err.contains(reason),
+        "expected {reason:?}:\n{err}"
     );
     assert!(
         failures.is_empty(),
@@ -458,6 +461,21 @@ fn a_new_version_that_never_becomes_ready_is_rolled_back_and_the_old_one_serves(
     assert!(
         String::from_utf8_lossy(&data.cli(&["status"]).stdout).contains("ROLLED BACK"),
         "status shows the rollback"
+    );
+}
+
+#[test]
+fn a_new_version_that_never_becomes_ready_is_rolled_back_and_the_old_one_serves() {
+    update_is_rolled_back("exec sleep 600", "not ready within 3s");
+}
+
+#[test]
+fn a_new_version_that_dies_right_after_it_said_ready_is_rolled_back() {
+    // It says ready on the pipe it was given (`ready=N` in
+    // PAGODIRECTO_HANDOVER), then crashes.
+    update_is_rolled_back(
+        "fd=${PAGODIRECTO_HANDOVER##*ready=}; echo \"ready {next} $$\" > /proc/self/fd/$fd; exit 7",
+        "exited (exit status: 7) within 3s of becoming ready",
     );
 }
 
