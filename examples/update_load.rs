@@ -23,8 +23,12 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
+
+#[path = "support/http1.rs"]
+mod http1;
+use http1::read_response;
 
 #[derive(Clone, Copy)]
 enum Outcome {
@@ -155,7 +159,9 @@ async fn client(
             let sent = if fresh { started } else { Instant::now() };
             fresh = false;
             let answer = match stream.write_all(request.as_bytes()).await {
-                Ok(()) => read_response(&mut stream, &mut buf).await,
+                Ok(()) => read_response(&mut stream, &mut buf)
+                    .await
+                    .map(|(status, close, _)| (status, close)),
                 Err(_) => None,
             };
             let outcome = answer.map_or(Outcome::Broken, |(status, _)| Outcome::Status(status));
@@ -175,30 +181,4 @@ async fn client(
 
 fn elapsed_micros(since: Instant) -> u32 {
     u32::try_from(since.elapsed().as_micros()).unwrap_or(u32::MAX)
-}
-
-/// Reads one response with a `Content-Length` body: `(status, connection
-/// closes)`, or `None` when the connection failed before it was complete.
-async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u16, bool)> {
-    buf.clear();
-    let mut chunk = vec![0u8; 16 * 1024];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = stream.read(&mut chunk).await.ok().filter(|n| *n > 0)?;
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())?;
-    let close = head.lines().any(|l| l.trim() == "connection: close");
-    while buf.len() < head_end + length {
-        let n = stream.read(&mut chunk).await.ok().filter(|n| *n > 0)?;
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Some((status, close))
 }
