@@ -26,10 +26,11 @@
 #                   (checksum + pg_restore --list over the whole decompressed stream)
 #   backup, old     the old script's `pg_dump DB | gzip > file.sql.gz` (plain SQL,
 #                   gzip's default level 6) over the same private socket, no fsync
-#   restore, ours   `pagodirecto restore NAME --yes`: verify the backup, take a
-#                   safety backup of the current data, pg_restore
-#                   --single-transaction into a fresh database, migrate, swap,
-#                   drop the replaced database
+#   restore, ours   `pagodirecto restore NAME --yes`: verify the backup while
+#                   decompressing it to a temporary file, then side by side a
+#                   safety backup of the current data and pg_restore -j (one
+#                   job per core) of that file into a fresh database; migrate,
+#                   swap, drop the replaced database
 #   backup of the then-current data: a `backup create` measured just before each
 #                   restore, so the restore's own work (total minus one backup) shows
 #   restore, old    restore-db.sh's way: a fresh database (created untimed), then
@@ -814,8 +815,8 @@ row "  restore time, minus one backup" "" "" "x$R_RM (<= x$RESTORE_RATIO_MAX)" "
 echo
 echo "Ours includes what the old stack never did: the backup counts every table's rows, fsyncs the file and"
 echo "reads it back whole (checksum + pg_restore --list); the restore first verifies the backup and takes a"
-echo "safety backup of the current data (the old restore-db.sh threw the current data away), restores in"
-echo "one transaction into a fresh database and swaps it in, dropping the replaced one. 'minus one backup'"
+echo "safety backup of the current data (the old restore-db.sh threw the current data away), restores"
+echo "into a fresh database and swaps it in, dropping the replaced one. 'minus one backup'"
 echo "subtracts a backup create of the same data measured just before each restore."
 
 if [[ $DIAG == 1 ]]; then

@@ -374,6 +374,7 @@ async fn start_serving(
         &database,
         store,
         config.limits.disk_reserve.as_u64(),
+        config.limits.postgres_memory.as_u64(),
         Some(health.clone()),
     ));
     let backup_due = schedule(&config.backup.schedule, "backup.schedule", &stop_schedules)?;

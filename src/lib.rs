@@ -59,8 +59,8 @@
 //!   on one instance reaches all).
 //! - [`migrate`]: embedded SQL migrations under an advisory lock.
 //! - [`backup`]: snapshot-consistent dumps through zstd (and age), verified,
-//!   with manifests, retention, drills and restore; `backup::schedule` for
-//!   cron.
+//!   with manifests, retention, drills and restore (parallel `pg_restore -j`
+//!   from a checked, decompressed copy); `backup::schedule` for cron.
 //! - [`auth`]: password hashes, signing keys and tokens, the role →
 //!   permission table.
 //! - [`crm`]: tenants and users created by the appliance and the CLI (as

@@ -32,6 +32,8 @@ pub struct Backups {
     /// Replaced by a config reload (schedule, retention, recipients).
     store: std::sync::RwLock<Store>,
     disk_reserve: u64,
+    /// The embedded server's memory budget (`[limits] postgres_memory`).
+    postgres_memory: u64,
     /// Serialises backups, drills and restores: they all use the cluster heavily
     /// and a restore must not race a backup of the database it replaces.
     lock: Arc<tokio::sync::Mutex<()>>,
@@ -48,6 +50,7 @@ impl Backups {
         database: &str,
         store: Store,
         disk_reserve: u64,
+        postgres_memory: u64,
         health: Option<Arc<Health>>,
     ) -> Self {
         let mut history = History::default();
@@ -62,6 +65,7 @@ impl Backups {
             database: database.to_string(),
             store: std::sync::RwLock::new(store),
             disk_reserve,
+            postgres_memory,
             lock: Arc::new(tokio::sync::Mutex::new(())),
             abort: Arc::new(AtomicBool::new(false)),
             history: Mutex::new(history),
@@ -113,6 +117,14 @@ impl Backups {
             access: &self.access,
             database: &self.database,
             disk_reserve: self.disk_reserve,
+            // A restore runs while nothing else uses the server (maintenance
+            // mode, or no daemon): half the budget goes to its index builds.
+            // An external server's memory is not ours to plan.
+            restore_memory: self
+                .access
+                .external()
+                .is_none()
+                .then_some(self.postgres_memory / 2),
         }
     }
 
@@ -245,10 +257,12 @@ impl Backups {
 
     /// Restores backup `name` over the live database.
     ///
-    /// Order: verify the backup (nothing touched if it is bad or too new) →
-    /// maintenance mode → at the same time, a safety backup of the current
-    /// data and the restore into a fresh database → migrate it forward → swap
-    /// it in → leave maintenance → drop the replaced one. A failure at any
+    /// Order: verify the backup (nothing touched if it is bad or too new)
+    /// while decompressing it to a temporary file → maintenance mode → at the
+    /// same time, a safety backup of the current data and `pg_restore -j`
+    /// (one job per core) into a fresh database → migrate it forward → swap
+    /// it in → leave maintenance → drop the replaced one. Without room for
+    /// the decompressed copy the restore streams into one session instead. A failure at any
     /// step (the safety backup's included) leaves the previous database in
     /// place and leaves maintenance.
     pub async fn restore(
@@ -275,22 +289,11 @@ impl Backups {
                 server: external.display().to_string(),
             });
         }
-        let manifest = self.store().get(name)?;
-        let binary = crate::migrate::latest_known();
-        if manifest.schema_version > binary {
-            return Err(Error::NewerSchema {
-                name: name.to_string(),
-                backup: manifest.schema_version,
-                binary,
-            });
-        }
-        super::verify(
-            &self.access,
-            &self.store(),
-            name,
-            pipeline::Progress::none(),
-        )
-        .await?;
+        let target = self.target();
+        let store = self.store();
+        // Checks the backup (nothing is touched if it is bad or too new) and
+        // decompresses it for a parallel restore, before maintenance.
+        let prepared = super::prepare_restore(&target, &store, name, progress).await?;
         // Maintenance first: no write can land between the safety backup's
         // snapshot and the swap (it would be in neither). The current
         // database stays untouched until the swap, so the safety backup of it
@@ -301,8 +304,6 @@ impl Backups {
         let stamp = OffsetDateTime::now_utc().unix_timestamp();
         let incoming = format!("{}_restore_{stamp}", self.database);
         let old = format!("{}_old_{stamp}", self.database);
-        let target = self.target();
-        let store = self.store();
         let (safety, restored) = tokio::join!(
             super::create(
                 &target,
@@ -311,8 +312,11 @@ impl Backups {
                 &self.abort,
                 pipeline::Progress::none(),
             ),
-            super::restore_into(&target, &store, name, &incoming, progress),
+            super::load(&target, &prepared, &incoming, pipeline::Progress::none()),
         );
+        let parallel = prepared.parallel();
+        let manifest = prepared.manifest.clone();
+        drop(prepared);
         let safety = match (safety, restored) {
             (Ok(safety), Ok(_)) => safety,
             (Err(err), _) | (Ok(_), Err(err)) => {
@@ -323,6 +327,7 @@ impl Backups {
         info!(
             backup = name,
             safety = safety.name,
+            parallel,
             "restored into a fresh database; a safety backup of the current data was taken meanwhile"
         );
         let migrated = self.migrate(&incoming).await;

@@ -119,6 +119,7 @@ fn backups(loaded: &Loaded, session: &Session) -> Backups {
         &session.database,
         store,
         config.limits.disk_reserve.as_u64(),
+        config.limits.postgres_memory.as_u64(),
         None,
     )
 }

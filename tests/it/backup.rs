@@ -61,6 +61,16 @@ fn backup_change_restore_gives_back_exactly_the_backed_up_state() {
         before,
         "the restored data equals the backup"
     );
+    // It ran in parallel from a decompressed copy, which is gone afterwards.
+    let log = crm.daemon.log();
+    assert!(log.contains("pg_restore -j done"), "{log}");
+    let copies = path.parent().expect("backup dir").join(".restore");
+    assert_eq!(
+        std::fs::read_dir(&copies).map_or(0, Iterator::count),
+        0,
+        "decompressed copies left in {}",
+        copies.display()
+    );
     // The API serves the restored data with the same login (the token still verifies).
     let list = crm
         .get(&crm.owner, "/api/v1/customers?limit=200")
@@ -412,6 +422,40 @@ fn killing_the_daemon_mid_backup_leaves_nothing_listed_and_the_next_backup_works
         "the interrupted backup was cleaned up: {leftovers:?}"
     );
     assert!(daemon.stop().success());
+}
+
+#[test]
+fn without_room_for_a_decompressed_copy_a_restore_streams_instead() {
+    let crm = Crm::start();
+    crm.customer(&crm.owner, "Streamed");
+    let (good, path) = create(&crm.data, "streamed");
+    let Crm { data, daemon, .. } = crm;
+    assert!(daemon.stop().success());
+    // Offline, with a reserve larger than any disk: no room for the copy
+    // that a parallel restore reads; the drill restores from the stream.
+    let config = data.path().join("reserve.toml");
+    std::fs::write(
+        &config,
+        "[limits]\ndisk_reserve = \"1000 TiB\"\n[backup]\nschedule = \"\"\n",
+    )
+    .expect("config");
+    let config_arg = config.to_str().expect("utf8").to_string();
+    let out = data.cli(&["--config", &config_arg, "backup", "drill"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("restoring from the compressed stream"), "{err}");
+    let listed = backups(&data);
+    assert!(
+        listed.iter().find(|b| b["name"] == good).expect("listed")["restore_verified_at"]
+            .is_string(),
+        "drill recorded"
+    );
+    let copies = path.parent().expect("backup dir").join(".restore");
+    assert!(!copies.exists(), "{}", copies.display());
 }
 
 #[test]
