@@ -424,6 +424,55 @@ fn killing_the_daemon_mid_backup_leaves_nothing_listed_and_the_next_backup_works
     assert!(daemon.stop().success());
 }
 
+/// Sends one request line to the daemon's control socket and returns every
+/// line it answers with, up to and including the answer.
+fn control_lines(data: &DataDir, request: &str) -> Vec<Value> {
+    use std::io::{BufRead as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(data.path().join("run/control.sock"))
+        .expect("connect to the control socket");
+    stream
+        .write_all(format!("{request}\n").as_bytes())
+        .expect("send");
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(stream).lines() {
+        let value: Value = serde_json::from_str(&line.expect("read")).expect("json line");
+        let done = value.get("progress").is_none();
+        lines.push(value);
+        if done {
+            break;
+        }
+    }
+    lines
+}
+
+#[test]
+fn the_daemon_streams_progress_to_clients_that_ask_and_only_to_them() {
+    let crm = Crm::start();
+    crm.customer(&crm.owner, "Progressive");
+    let (name, _) = create(&crm.data, "progress");
+    let asked = control_lines(
+        &crm.data,
+        &format!(r#"{{"cmd":"backup_verify","name":"{name}","progress":true}}"#),
+    );
+    let (answer, progress) = asked.split_last().expect("lines");
+    assert_eq!(answer["ok"]["name"], json!(name), "{asked:?}");
+    assert!(!progress.is_empty(), "no progress lines: {asked:?}");
+    let bytes: Vec<u64> = progress
+        .iter()
+        .map(|p| p["progress"]["bytes"].as_u64().expect("bytes"))
+        .collect();
+    assert!(bytes.windows(2).all(|w| w[0] <= w[1]), "{bytes:?}");
+    assert!(bytes.last().is_some_and(|b| *b > 0), "{bytes:?}");
+    // A client that did not ask (as every client before progress) gets
+    // exactly one line: the answer.
+    let plain = control_lines(
+        &crm.data,
+        &format!(r#"{{"cmd":"backup_verify","name":"{name}"}}"#),
+    );
+    assert_eq!(plain.len(), 1, "{plain:?}");
+    assert_eq!(plain[0]["ok"]["name"], json!(name));
+}
+
 #[test]
 fn without_room_for_a_decompressed_copy_a_restore_streams_instead() {
     let crm = Crm::start();
