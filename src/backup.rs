@@ -32,6 +32,7 @@ pub mod service;
 pub use service::{Backups, History, RestoreReport};
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -750,7 +751,9 @@ pub async fn prepare_restore(
             }
             Err(pipeline::ReadError::NoSpace { written, free }) => warn!(
                 backup = name,
-                written, free, "the decompressed copy would cross the disk reserve; restoring from the compressed stream instead (one session)"
+                written,
+                free,
+                "the decompressed copy would cross the disk reserve; restoring from the compressed stream instead (one session)"
             ),
             Err(err) => return Err(err.for_backup(name)),
         }
@@ -759,7 +762,8 @@ pub async fn prepare_restore(
     } else {
         warn!(
             backup = name,
-            free, "too little free space for a decompressed copy; restoring from the compressed stream (one session)"
+            free,
+            "too little free space for a decompressed copy; restoring from the compressed stream (one session)"
         );
         verify_file(target.access, store, &manifest, progress).await?;
     }
@@ -785,7 +789,7 @@ fn restore_options(restore_memory: Option<u64>, jobs: usize) -> String {
     if let Some(memory) = restore_memory {
         let jobs = u64::try_from(jobs.max(1)).unwrap_or(1);
         let mb = (memory / jobs / (1024 * 1024)).clamp(16, 1024);
-        options.push_str(&format!(" -c maintenance_work_mem={mb}MB"));
+        let _ = write!(options, " -c maintenance_work_mem={mb}MB");
     }
     options
 }
@@ -819,52 +823,54 @@ pub async fn load(
     restore
         .env("PGOPTIONS", restore_options(target.restore_memory, jobs))
         .args(["--dbname", into, "--exit-on-error", "--no-password"]);
-    let result = match &prepared.copy {
-        Some(copy) => {
-            restore.arg(format!("--jobs={jobs}")).arg(&copy.0);
-            let started = Instant::now();
-            let output = tokio::process::Command::from(restore)
-                .stdin(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .output()
-                .await;
-            match output {
-                Ok(out) if out.status.success() => {
-                    info!(backup = name, jobs, ms = started.elapsed().as_millis(), "pg_restore -j done");
-                    Ok(())
-                }
-                Ok(out) => Err(Error::Tool {
-                    program: "pg_restore",
-                    status: out.status.to_string(),
-                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                }),
-                Err(source) => Err(Error::Io {
-                    action: "run pg_restore for",
-                    path: copy.0.clone(),
-                    source,
-                }),
+    let result = if let Some(copy) = &prepared.copy {
+        restore.arg(format!("--jobs={jobs}")).arg(&copy.0);
+        let started = Instant::now();
+        let output = tokio::process::Command::from(restore)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await;
+        match output {
+            Ok(out) if out.status.success() => {
+                info!(
+                    backup = name,
+                    jobs,
+                    ms = started.elapsed().as_millis(),
+                    "pg_restore -j done"
+                );
+                Ok(())
             }
+            Ok(out) => Err(Error::Tool {
+                program: "pg_restore",
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            }),
+            Err(source) => Err(Error::Io {
+                action: "run pg_restore for",
+                path: copy.0.clone(),
+                source,
+            }),
         }
-        None => {
-            restore.arg("--single-transaction");
-            let (path, identity) = (prepared.path.clone(), prepared.identity.clone());
-            let fed = tokio::task::spawn_blocking(move || {
-                pipeline::feed_tool(&path, identity.as_deref(), restore, &progress)
-            })
-            .await
-            .map_err(|e| Error::Io {
+    } else {
+        restore.arg("--single-transaction");
+        let (path, identity) = (prepared.path.clone(), prepared.identity.clone());
+        let fed = tokio::task::spawn_blocking(move || {
+            pipeline::feed_tool(&path, identity.as_deref(), restore, &progress)
+        })
+        .await;
+        match fed {
+            Ok(Ok(checked)) if checked.sha256 != prepared.manifest.sha256 => Err(Error::Corrupt {
+                name: name.clone(),
+                reason: "the file changed since it was verified".into(),
+            }),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(err.for_backup(&name)),
+            Err(e) => Err(Error::Io {
                 action: "restore",
                 path: prepared.path.clone(),
                 source: std::io::Error::other(e),
-            })?;
-            match fed {
-                Ok(checked) if checked.sha256 != prepared.manifest.sha256 => Err(Error::Corrupt {
-                    name: name.clone(),
-                    reason: "the file changed since it was verified".into(),
-                }),
-                Ok(_) => Ok(()),
-                Err(err) => Err(err.for_backup(&name)),
-            }
+            }),
         }
     };
     if result.is_err() {

@@ -302,9 +302,8 @@ async fn answer(stream: UnixStream, requests: mpsc::Sender<Pending>) -> io::Resu
         let reply = match serde_json::from_str::<Request>(&line) {
             Err(err) => Reply::Error(format!("bad request: {err}")),
             Ok(request) => {
-                let wants_progress = serde_json::from_str::<Options>(&line)
-                    .map(|o| o.progress)
-                    .unwrap_or(false);
+                let wants_progress =
+                    serde_json::from_str::<Options>(&line).is_ok_and(|o| o.progress);
                 let (progress_tx, mut progress_rx) = watch::channel(0u64);
                 let sink = ProgressSink(wants_progress.then(|| Arc::new(progress_tx)));
                 let (tx, mut rx) = oneshot::channel();

@@ -1146,13 +1146,15 @@ fn backup_request(
             Request::Status | Request::Metrics | Request::RotateKey | Request::Upgrade { .. } => {
                 Ok(serde_json::Value::Null)
             }
-            Request::BackupCreate { label } => {
-                backups.create(label.as_deref(), client_progress()).await.map(json)
-            }
+            Request::BackupCreate { label } => backups
+                .create(label.as_deref(), client_progress())
+                .await
+                .map(json),
             Request::BackupList => backups.store().list().map(json),
-            Request::BackupVerify { name } => {
-                backups.verify(name.as_deref(), client_progress()).await.map(json)
-            }
+            Request::BackupVerify { name } => backups
+                .verify(name.as_deref(), client_progress())
+                .await
+                .map(json),
             Request::BackupPrune => backups.prune().map(json),
             Request::BackupDrill => backups.drill().await.map(json),
             Request::Restore { name } => backups.restore(&name, client_progress()).await.map(

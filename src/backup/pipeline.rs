@@ -72,7 +72,10 @@ pub enum ReadError {
         stderr: String,
     },
     /// Writing the decompressed copy would have crossed the disk reserve.
-    NoSpace { written: u64, free: u64 },
+    NoSpace {
+        written: u64,
+        free: u64,
+    },
 }
 
 impl ReadError {
@@ -387,7 +390,7 @@ fn run_tool(
     let stdout = collect(child.stdout.take());
     let stderr = collect(child.stderr.take());
     let mut stdin = child.stdin.take().expect("stdin is piped");
-    let fed = feed(&mut stdin);
+    let written = feed(&mut stdin);
     drop(stdin);
     let status = child.wait().map_err(|source| ReadError::Io {
         action: "wait for pg_restore reading",
@@ -398,7 +401,7 @@ fn run_tool(
         status,
         stdout: stdout.join().unwrap_or_default(),
         stderr: stderr.join().unwrap_or_default(),
-        fed,
+        fed: written,
     })
 }
 
@@ -636,8 +639,15 @@ mod tests {
         let bytes = std::fs::read(&path).expect("read");
         std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
         let out = dir.path().join("copy");
-        let err = decompress_to_file(&path, None, &out, 0, Command::new("true"), &Progress::none())
-            .expect_err("truncated");
+        let err = decompress_to_file(
+            &path,
+            None,
+            &out,
+            0,
+            Command::new("true"),
+            &Progress::none(),
+        )
+        .expect_err("truncated");
         assert!(
             matches!(&err, ReadError::Damaged(reason) if reason.contains("truncated")),
             "{err:?}"

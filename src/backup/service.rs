@@ -328,7 +328,7 @@ impl Backups {
         let manifest = prepared.manifest.clone();
         drop(prepared);
         let safety = match (safety, restored) {
-            (Ok(safety), Ok(_)) => safety,
+            (Ok(safety), Ok(())) => safety,
             (Err(err), _) | (Ok(_), Err(err)) => {
                 let _ = super::drop_database(&self.access, &incoming).await;
                 return Err(err);

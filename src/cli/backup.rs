@@ -103,7 +103,9 @@ async fn call(
     bar: Option<&indicatif::ProgressBar>,
 ) -> Result<serde_json::Value, control::Error> {
     match bar {
-        Some(bar) => control::call_with_progress(socket, request, |bytes| bar.set_position(bytes)).await,
+        Some(bar) => {
+            control::call_with_progress(socket, request, |bytes| bar.set_position(bytes)).await
+        }
         None => control::call(socket, request).await,
     }
 }

@@ -496,7 +496,10 @@ fn without_room_for_a_decompressed_copy_a_restore_streams_instead() {
         String::from_utf8_lossy(&out.stderr)
     );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("restoring from the compressed stream"), "{err}");
+    assert!(
+        err.contains("restoring from the compressed stream"),
+        "{err}"
+    );
     let listed = backups(&data);
     assert!(
         listed.iter().find(|b| b["name"] == good).expect("listed")["restore_verified_at"]
