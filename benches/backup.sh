@@ -15,8 +15,9 @@
 #   MIN_DB_MB=500   refuse to measure a smaller database (pg_database_size, MiB)
 #   DIAG=1          also time the parts (dump alone, zstd alone, verification
 #                   alone, pg_restore alone, ...) once each, to show where the
-#                   time goes, and one what-if (pg_restore with lz4 TOAST
-#                   compression); adds ~2 minutes
+#                   time goes (including zstd -dc to a copy and pg_restore -j
+#                   of it, the restore proper), and one what-if (pg_restore
+#                   with lz4 TOAST compression); adds ~2 minutes
 #
 # What is measured (each RUNS times, ours and the old stack alternating, after
 # a `sync` and a CHECKPOINT so that no step pays for the previous one's writes,
