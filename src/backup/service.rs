@@ -276,6 +276,12 @@ impl Backups {
         name: &str,
         progress: pipeline::Progress,
     ) -> Result<RestoreReport, Error> {
+        // Refused whatever runs: no need to wait for a backup to say so.
+        if let Some(external) = self.access.external() {
+            return Err(Error::ExternalRestore {
+                server: external.display().to_string(),
+            });
+        }
         let _guard = self.begin("restore")?;
         let result = self.restore_locked(name, progress).await;
         if let Some(health) = &self.health {
@@ -290,11 +296,6 @@ impl Backups {
         name: &str,
         progress: pipeline::Progress,
     ) -> Result<RestoreReport, Error> {
-        if let Some(external) = self.access.external() {
-            return Err(Error::ExternalRestore {
-                server: external.display().to_string(),
-            });
-        }
         let target = self.target();
         let store = self.store();
         // Checks the backup (nothing is touched if it is bad or too new) and
