@@ -20,7 +20,10 @@
 //!   never counted by retention, deleted by [`cleanup`];
 //! - the manifest's per-table row counts come from the same snapshot
 //!   pg_dump dumped (`--snapshot`), so a drill can compare them exactly;
-//! - retention never deletes the newest good backup.
+//! - retention never deletes the newest good backup;
+//! - a restore reads a backup only after checking it whole (checksum,
+//!   decryption, `pg_restore --list`), into a database that is not live
+//!   until the caller swaps it in.
 
 pub mod pipeline;
 pub mod schedule;
@@ -29,6 +32,7 @@ pub mod service;
 pub use service::{Backups, History, RestoreReport};
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -344,6 +348,9 @@ pub struct Target<'a> {
     pub database: &'a str,
     /// Free space the backup must leave in the backup directory.
     pub disk_reserve: u64,
+    /// Memory a restore's sessions may use together for index builds
+    /// (`maintenance_work_mem`, split among the jobs); `None`: the server's own.
+    pub restore_memory: Option<u64>,
 }
 
 /// Set to stop a running backup (daemon shutdown); it then leaves nothing.
@@ -594,6 +601,66 @@ async fn verify_file(
         source: std::io::Error::other(e),
     })?;
     let checked = result.map_err(|err| err.for_backup(&name))?;
+    check_read(manifest, &checked)
+}
+
+fn identity_for(store: &Store, manifest: &Manifest) -> Result<Option<PathBuf>, Error> {
+    if !manifest.encrypted {
+        return Ok(None);
+    }
+    store
+        .cfg
+        .identity_file
+        .clone()
+        .map(Some)
+        .ok_or_else(|| Error::NoIdentity {
+            name: manifest.name.clone(),
+        })
+}
+
+/// Where [`prepare_restore`] puts the decompressed copy of a backup, inside
+/// the backup directory (not a backup: [`Store::list`] and [`Store::cleanup`]
+/// ignore it; the next restore or drill clears what a crash left there).
+pub const RESTORE_DIR: &str = ".restore";
+
+/// How much larger than the backup file its decompressed dump is assumed to
+/// be when deciding whether a decompressed copy fits (zstd reaches about
+/// 3.5:1 on realistic CRM data; the copy stops at the reserve anyway).
+const EXPANSION: u64 = 5;
+
+/// A backup checked and made ready to restore: its checksum matched, it
+/// decrypted, `pg_restore --list` read it; and, when the disk had room, its
+/// decompressed dump is in a temporary file, which `pg_restore -j` reads in
+/// parallel. The file is removed when this is dropped.
+pub struct Prepared {
+    pub manifest: Manifest,
+    /// The backup file and the identity to decrypt it (for the streamed restore).
+    path: PathBuf,
+    identity: Option<PathBuf>,
+    copy: Option<TempFile>,
+}
+
+impl Prepared {
+    /// Whether the restore will run in parallel from a decompressed copy.
+    #[must_use]
+    pub fn parallel(&self) -> bool {
+        self.copy.is_some()
+    }
+}
+
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Err(err) = std::fs::remove_file(&self.0)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(path = %self.0.display(), %err, "could not remove the decompressed copy of a backup");
+        }
+    }
+}
+
+fn check_read(manifest: &Manifest, checked: &pipeline::Checked) -> Result<(), Error> {
     if checked.size != manifest.size || checked.sha256 != manifest.sha256 {
         return Err(Error::Corrupt {
             name: manifest.name.clone(),
@@ -612,29 +679,16 @@ async fn verify_file(
     Ok(())
 }
 
-fn identity_for(store: &Store, manifest: &Manifest) -> Result<Option<PathBuf>, Error> {
-    if !manifest.encrypted {
-        return Ok(None);
-    }
-    store
-        .cfg
-        .identity_file
-        .clone()
-        .map(Some)
-        .ok_or_else(|| Error::NoIdentity {
-            name: manifest.name.clone(),
-        })
-}
-
-/// Restores backup `name` into a new database `into` (which must not
-/// exist), in one transaction: it either holds the whole backup or is dropped.
-pub async fn restore_into(
+/// Checks backup `name` for a restore (schema not newer than this binary,
+/// checksum, decryption, `pg_restore --list`) without touching any
+/// database, decompressing it to a temporary file in the backup directory
+/// when that leaves the disk reserve free (else the restore streams it).
+pub async fn prepare_restore(
     target: &Target<'_>,
     store: &Store,
     name: &str,
-    into: &str,
     progress: pipeline::Progress,
-) -> Result<Manifest, Error> {
+) -> Result<Prepared, Error> {
     let manifest = store.get(name)?;
     let binary = crate::migrate::latest_known();
     if manifest.schema_version > binary {
@@ -645,6 +699,112 @@ pub async fn restore_into(
         });
     }
     let identity = identity_for(store, &manifest)?;
+    let path = store.dir.join(&manifest.file);
+    let dir = store.dir.join(RESTORE_DIR);
+    let io_err = |action: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    // Only one restore or drill runs at a time: anything here is a leftover.
+    match std::fs::remove_dir_all(&dir) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io_err("clear", &dir)(err));
+        }
+        _ => {}
+    }
+    let free = fsutil::available_bytes(&store.dir).map_err(io_err("stat", &store.dir))?;
+    let fits = free
+        >= target
+            .disk_reserve
+            .saturating_add(manifest.size.saturating_mul(EXPANSION));
+    if fits {
+        fsutil::ensure_dir(&dir, 0o700).map_err(io_err("create", &dir))?;
+        let out = dir.join(format!("{name}.pgdump"));
+        let list = target.access.client_command_std("pg_restore", "postgres");
+        let (from, key, to, reserve) = (
+            path.clone(),
+            identity.clone(),
+            out.clone(),
+            target.disk_reserve,
+        );
+        let result = tokio::task::spawn_blocking(move || {
+            let mut list = list;
+            list.arg("--list");
+            pipeline::decompress_to_file(&from, key.as_deref(), &to, reserve, list, &progress)
+        })
+        .await
+        .map_err(|e| io_err("decompress", &path)(std::io::Error::other(e)))?;
+        match result {
+            Ok(checked) => {
+                let copy = TempFile(out);
+                check_read(&manifest, &checked)?;
+                return Ok(Prepared {
+                    manifest,
+                    path,
+                    identity,
+                    copy: Some(copy),
+                });
+            }
+            Err(pipeline::ReadError::NoSpace { written, free }) => warn!(
+                backup = name,
+                written,
+                free,
+                "the decompressed copy would cross the disk reserve; restoring from the compressed stream instead (one session)"
+            ),
+            Err(err) => return Err(err.for_backup(name)),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        verify_file(target.access, store, &manifest, pipeline::Progress::none()).await?;
+    } else {
+        warn!(
+            backup = name,
+            free,
+            "too little free space for a decompressed copy; restoring from the compressed stream (one session)"
+        );
+        verify_file(target.access, store, &manifest, progress).await?;
+    }
+    Ok(Prepared {
+        manifest,
+        path,
+        identity,
+        copy: None,
+    })
+}
+
+/// How many `pg_restore` jobs a parallel restore runs: one per core.
+fn restore_jobs() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+}
+
+/// `PGOPTIONS` for the restore's sessions: index builds (the GIN trigram
+/// indexes dominate) get a share of the memory budget, split among the jobs;
+/// commits need not wait for the WAL flush (a crash mid-restore loses the
+/// fresh database, which is dropped and redone anyway).
+fn restore_options(restore_memory: Option<u64>, jobs: usize) -> String {
+    let mut options = String::from("-c synchronous_commit=off");
+    if let Some(memory) = restore_memory {
+        let jobs = u64::try_from(jobs.max(1)).unwrap_or(1);
+        let mb = (memory / jobs / (1024 * 1024)).clamp(16, 1024);
+        let _ = write!(options, " -c maintenance_work_mem={mb}MB");
+    }
+    options
+}
+
+/// Restores a prepared backup into a new database `into` (which must not
+/// exist): with `pg_restore -j` from the decompressed copy, or streamed
+/// into `pg_restore --single-transaction`. On failure `into` is dropped;
+/// either way it is not the live database until the caller swaps it in.
+pub async fn load(
+    target: &Target<'_>,
+    prepared: &Prepared,
+    into: &str,
+    progress: pipeline::Progress,
+) -> Result<(), Error> {
+    let name = prepared.manifest.name.clone();
     let (client, conn) = target
         .access
         .connect("postgres")
@@ -654,42 +814,90 @@ pub async fn restore_into(
         .batch_execute(&format!("CREATE DATABASE {}", quote_ident(into)))
         .await
         .map_err(db("creating the database to restore into"))?;
+    let jobs = if prepared.copy.is_some() {
+        restore_jobs()
+    } else {
+        1
+    };
     let mut restore = target.access.client_command_std("pg_restore", into);
-    restore.args([
-        "--dbname",
-        into,
-        "--exit-on-error",
-        "--single-transaction",
-        "--no-password",
-    ]);
-    let path = store.dir.join(&manifest.file);
-    let result = tokio::task::spawn_blocking(move || {
-        pipeline::feed_tool(&path, identity.as_deref(), restore, &progress)
-    })
-    .await
-    .map_err(|e| Error::Io {
-        action: "restore",
-        path: store.dir.clone(),
-        source: std::io::Error::other(e),
-    })?;
-    let checked = match result {
-        Ok(checked) => checked,
-        Err(err) => {
-            let _ = client
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {}", quote_ident(into)))
-                .await;
-            return Err(err.for_backup(name));
+    restore
+        .env("PGOPTIONS", restore_options(target.restore_memory, jobs))
+        .args(["--dbname", into, "--exit-on-error", "--no-password"]);
+    let result = if let Some(copy) = &prepared.copy {
+        restore.arg(format!("--jobs={jobs}")).arg(&copy.0);
+        let started = Instant::now();
+        let output = tokio::process::Command::from(restore)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await;
+        match output {
+            Ok(out) if out.status.success() => {
+                info!(
+                    backup = name,
+                    jobs,
+                    ms = started.elapsed().as_millis(),
+                    "pg_restore -j done"
+                );
+                Ok(())
+            }
+            Ok(out) => Err(Error::Tool {
+                program: "pg_restore",
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            }),
+            Err(source) => Err(Error::Io {
+                action: "run pg_restore for",
+                path: copy.0.clone(),
+                source,
+            }),
+        }
+    } else {
+        restore.arg("--single-transaction");
+        let (path, identity) = (prepared.path.clone(), prepared.identity.clone());
+        let fed = tokio::task::spawn_blocking(move || {
+            pipeline::feed_tool(&path, identity.as_deref(), restore, &progress)
+        })
+        .await;
+        match fed {
+            Ok(Ok(checked)) if checked.sha256 != prepared.manifest.sha256 => Err(Error::Corrupt {
+                name: name.clone(),
+                reason: "the file changed since it was verified".into(),
+            }),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(err.for_backup(&name)),
+            Err(e) => Err(Error::Io {
+                action: "restore",
+                path: prepared.path.clone(),
+                source: std::io::Error::other(e),
+            }),
         }
     };
+    if result.is_err() {
+        let _ = client
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(into)
+            ))
+            .await;
+    }
     drop(client);
     let _ = conn.await;
-    if checked.sha256 != manifest.sha256 {
-        return Err(Error::Corrupt {
-            name: name.to_string(),
-            reason: "the file changed since it was verified".into(),
-        });
-    }
-    Ok(manifest)
+    result
+}
+
+/// Restores backup `name` into a new database `into` (which must not
+/// exist): it either holds the whole backup or is dropped.
+pub async fn restore_into(
+    target: &Target<'_>,
+    store: &Store,
+    name: &str,
+    into: &str,
+    progress: pipeline::Progress,
+) -> Result<Manifest, Error> {
+    let prepared = prepare_restore(target, store, name, progress).await?;
+    load(target, &prepared, into, pipeline::Progress::none()).await?;
+    Ok(prepared.manifest)
 }
 
 /// Row counts of every table in database `dbname`, for comparison with a manifest.

@@ -4,17 +4,24 @@
 //! JSON response per line. The daemon answers requests in its event loop;
 //! this module only carries them, so it knows nothing of the daemon.
 //!
+//! A request may add `"progress": true`: then, before its answer, the
+//! daemon sends `{"progress":{"bytes":N}}` lines (at most five a second)
+//! while a backup, verify or restore streams data. Clients that do not ask
+//! get exactly one line, as before; a daemon that predates this ignores
+//! the field, and the client then just gets the answer.
+//!
 //! Invariant: only the account that runs the daemon (and root) can connect:
 //! the socket is created in a 0700 directory and set 0600 before use.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -189,8 +196,42 @@ enum Reply {
     Error(String),
 }
 
-/// A request waiting for the daemon's answer.
-pub type Pending = (Request, oneshot::Sender<Result<serde_json::Value, String>>);
+/// A request waiting for the daemon's answer, and where the daemon may
+/// report its progress.
+pub type Pending = (
+    Request,
+    oneshot::Sender<Result<serde_json::Value, String>>,
+    ProgressSink,
+);
+
+/// Where a long request reports how many bytes it has streamed so far; a
+/// no-op unless the client asked for progress.
+#[derive(Clone, Default)]
+pub struct ProgressSink(Option<Arc<watch::Sender<u64>>>);
+
+impl ProgressSink {
+    pub fn report(&self, bytes: u64) {
+        if let Some(tx) = &self.0 {
+            tx.send_replace(bytes);
+        }
+    }
+
+    /// Whether the client is listening.
+    #[must_use]
+    pub fn wanted(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+/// The options a request line may carry beside the request itself.
+#[derive(Deserialize)]
+struct Options {
+    #[serde(default)]
+    progress: bool,
+}
+
+/// How often progress lines are sent at most.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -261,11 +302,38 @@ async fn answer(stream: UnixStream, requests: mpsc::Sender<Pending>) -> io::Resu
         let reply = match serde_json::from_str::<Request>(&line) {
             Err(err) => Reply::Error(format!("bad request: {err}")),
             Ok(request) => {
-                let (tx, rx) = oneshot::channel();
-                if requests.send((request, tx)).await.is_err() {
+                let wants_progress =
+                    serde_json::from_str::<Options>(&line).is_ok_and(|o| o.progress);
+                let (progress_tx, mut progress_rx) = watch::channel(0u64);
+                let sink = ProgressSink(wants_progress.then(|| Arc::new(progress_tx)));
+                let (tx, mut rx) = oneshot::channel();
+                if requests.send((request, tx, sink)).await.is_err() {
                     Reply::Error("the daemon is shutting down".into())
                 } else {
-                    match rx.await {
+                    let mut listening = wants_progress;
+                    let answer = loop {
+                        // Progress first: the last report made before the
+                        // answer is always sent before it.
+                        tokio::select! {
+                            biased;
+                            changed = progress_rx.changed(), if listening => {
+                                if changed.is_err() {
+                                    listening = false;
+                                    continue;
+                                }
+                                let bytes = *progress_rx.borrow_and_update();
+                                let mut out = serde_json::to_vec(
+                                    &serde_json::json!({ "progress": { "bytes": bytes } }),
+                                )
+                                .map_err(io::Error::other)?;
+                                out.push(b'\n');
+                                write.write_all(&out).await?;
+                                tokio::time::sleep(PROGRESS_EVERY).await;
+                            }
+                            answer = &mut rx => break answer,
+                        }
+                    };
+                    match answer {
                         Ok(Ok(value)) => Reply::Ok(value),
                         Ok(Err(err)) => Reply::Error(err),
                         Err(_) => Reply::Error("the daemon is shutting down".into()),
@@ -282,6 +350,24 @@ async fn answer(stream: UnixStream, requests: mpsc::Sender<Pending>) -> io::Resu
 
 /// Sends one request to the daemon whose control socket is `path`.
 pub async fn call(path: &Path, request: &Request) -> Result<serde_json::Value, Error> {
+    exchange(path, request, None).await
+}
+
+/// [`call`], asking the daemon for progress: `on_progress` gets the bytes
+/// streamed so far, as often as the daemon reports them, before the answer.
+pub async fn call_with_progress(
+    path: &Path,
+    request: &Request,
+    mut on_progress: impl FnMut(u64) + Send,
+) -> Result<serde_json::Value, Error> {
+    exchange(path, request, Some(&mut on_progress)).await
+}
+
+async fn exchange(
+    path: &Path,
+    request: &Request,
+    mut on_progress: Option<&mut (dyn FnMut(u64) + Send)>,
+) -> Result<serde_json::Value, Error> {
     let io_err = |source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -301,19 +387,40 @@ pub async fn call(path: &Path, request: &Request) -> Result<serde_json::Value, E
         Err(err) => return Err(io_err(err)),
     };
     let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_vec(request).map_err(|e| Error::Protocol(e.to_string()))?;
+    let mut message = serde_json::to_value(request).map_err(|e| Error::Protocol(e.to_string()))?;
+    if on_progress.is_some()
+        && let Some(object) = message.as_object_mut()
+    {
+        object.insert("progress".into(), true.into());
+    }
+    let mut line = serde_json::to_vec(&message).map_err(|e| Error::Protocol(e.to_string()))?;
     line.push(b'\n');
     write.write_all(&line).await.map_err(io_err)?;
-    let answer = BufReader::new(read)
-        .lines()
-        .next_line()
-        .await
-        .map_err(io_err)?;
-    let answer =
-        answer.ok_or_else(|| Error::Protocol("connection closed without an answer".into()))?;
-    match serde_json::from_str::<Reply>(&answer).map_err(|e| Error::Protocol(e.to_string()))? {
-        Reply::Ok(value) => Ok(value),
-        Reply::Error(err) => Err(Error::Refused(err)),
+    let mut lines = BufReader::new(read).lines();
+    loop {
+        let answer = lines
+            .next_line()
+            .await
+            .map_err(io_err)?
+            .ok_or_else(|| Error::Protocol("connection closed without an answer".into()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&answer).map_err(|e| Error::Protocol(e.to_string()))?;
+        if let Some(bytes) = value
+            .get("progress")
+            .and_then(|p| p.get("bytes"))
+            .and_then(serde_json::Value::as_u64)
+        {
+            if let Some(report) = on_progress.as_mut() {
+                report(bytes);
+            }
+            continue;
+        }
+        return match serde_json::from_value::<Reply>(value)
+            .map_err(|e| Error::Protocol(e.to_string()))?
+        {
+            Reply::Ok(value) => Ok(value),
+            Reply::Error(err) => Err(Error::Refused(err)),
+        };
     }
 }
 
@@ -335,13 +442,58 @@ mod tests {
         let cancel = CancellationToken::new();
         tokio::spawn(serve(listener, tx, cancel.clone()));
         tokio::spawn(async move {
-            while let Some((request, reply)) = rx.recv().await {
+            while let Some((request, reply, progress)) = rx.recv().await {
                 assert_eq!(request, Request::Status);
+                assert!(!progress.wanted(), "progress only when asked for");
                 let _ = reply.send(Ok(serde_json::json!({"pong": true})));
             }
         });
         let value = call(&path, &Request::Status).await.expect("answer");
         assert_eq!(value["pong"], true);
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn progress_lines_come_before_the_answer_only_when_asked_for() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("control.sock");
+        let listener = bind(&path).expect("bind");
+        let (tx, mut rx) = mpsc::channel::<Pending>(4);
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve(listener, tx, cancel.clone()));
+        tokio::spawn(async move {
+            while let Some((_, reply, progress)) = rx.recv().await {
+                for bytes in [10, 20, 30] {
+                    progress.report(bytes);
+                    tokio::task::yield_now().await;
+                }
+                let _ = reply.send(Ok(serde_json::json!({"done": progress.wanted()})));
+            }
+        });
+        let request = Request::BackupVerify { name: None };
+        let mut seen = Vec::new();
+        let value = call_with_progress(&path, &request, |bytes| seen.push(bytes))
+            .await
+            .expect("answer");
+        assert_eq!(value["done"], true);
+        assert_eq!(seen.last(), Some(&30), "{seen:?}");
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+
+        // A client that reads only one line (as before progress existed)
+        // gets the answer as that line.
+        let stream = UnixStream::connect(&path).await.expect("connect");
+        let (read, mut write) = stream.into_split();
+        write
+            .write_all(b"{\"cmd\":\"backup_verify\",\"name\":null}\n")
+            .await
+            .expect("send");
+        let line = BufReader::new(read)
+            .lines()
+            .next_line()
+            .await
+            .expect("read")
+            .expect("a line");
+        assert_eq!(line, r#"{"ok":{"done":false}}"#);
         cancel.cancel();
     }
 

@@ -54,7 +54,11 @@ enum Event {
     /// Supervision of postgres ended: a crash loop, or a stop we asked for.
     PostgresFinished(Result<(), postgres::Error>),
     PostgresChanged(postgres::Status),
-    Control(Request, oneshot::Sender<Result<serde_json::Value, String>>),
+    Control(
+        Request,
+        oneshot::Sender<Result<serde_json::Value, String>>,
+        control::ProgressSink,
+    ),
     /// The backup schedule says: back up now.
     BackupDue,
     DrillDue,
@@ -376,6 +380,7 @@ async fn start_serving(
         &database,
         store,
         config.limits.disk_reserve.as_u64(),
+        config.limits.postgres_memory.as_u64(),
         Some(health.clone()),
     ));
     let backup_due = schedule(&config.backup.schedule, "backup.schedule", &stop_schedules)?;
@@ -977,7 +982,7 @@ async fn event_loop(
                 Ok(()) => Event::PostgresChanged(pg_status.borrow_and_update().clone()),
                 Err(_) => continue,
             },
-            Some((request, reply)) = serving.control.recv() => Event::Control(request, reply),
+            Some((request, reply, progress)) = serving.control.recv() => Event::Control(request, reply, progress),
             Some(()) = serving.backup_due.recv() => Event::BackupDue,
             Some(()) = serving.drill_due.recv() => Event::DrillDue,
             Some(()) = serving.audit_due.recv() => Event::AuditDue,
@@ -995,7 +1000,7 @@ async fn event_loop(
                 return Ok(Stop::Signal);
             }
             Event::HandOver(plan) => return Ok(Stop::Upgrade(plan)),
-            Event::Control(Request::Upgrade { version, schema }, reply) => {
+            Event::Control(Request::Upgrade { version, schema }, reply, _) => {
                 if updating.swap(true, Ordering::AcqRel) {
                     let _ = reply.send(Err("an update is already in progress".into()));
                 } else {
@@ -1046,22 +1051,24 @@ async fn event_loop(
                     let _ = serving.postgres_up.send(up);
                 }
             }
-            Event::Control(Request::Metrics, reply) => {
+            Event::Control(Request::Metrics, reply, _) => {
                 let _ = reply.send(Ok(
                     serde_json::json!({ "text": (serving.metrics.render)() }),
                 ));
             }
-            Event::Control(Request::RotateKey, reply) => {
+            Event::Control(Request::RotateKey, reply, _) => {
                 let _ = reply.send(rotate_key(context.access, serving).await);
             }
-            Event::Control(Request::Status, reply) => {
+            Event::Control(Request::Status, reply, _) => {
                 let pg = pg_status.borrow().clone();
                 let _ = reply.send(
                     serde_json::to_value(context.report(&pg, reloader).await)
                         .map_err(|e| e.to_string()),
                 );
             }
-            Event::Control(request, reply) => backup_request(&serving.backups, request, reply),
+            Event::Control(request, reply, progress) => {
+                backup_request(&serving.backups, request, reply, progress);
+            }
             Event::BackupDue if !*serving.leader.borrow() => {
                 info!("scheduled backup left to the leading instance");
             }
@@ -1134,29 +1141,40 @@ fn reload_certificates(certs: Option<&http::tls::Certificates>) {
 
 /// Answers a backup request from the control socket in the background:
 /// backups take minutes, and the event loop must keep serving meanwhile.
+/// Progress goes to the client when it asked for it.
 fn backup_request(
     backups: &Arc<Backups>,
     request: Request,
     reply: oneshot::Sender<Result<serde_json::Value, String>>,
+    progress: control::ProgressSink,
 ) {
     let backups = backups.clone();
     tokio::spawn(async move {
-        let none = pipeline::Progress::none;
+        let client_progress = || {
+            if progress.wanted() {
+                let sink = progress.clone();
+                pipeline::Progress::new(move |bytes| sink.report(bytes))
+            } else {
+                pipeline::Progress::none()
+            }
+        };
         let answer = match request {
             // Answered by the event loop.
             Request::Status | Request::Metrics | Request::RotateKey | Request::Upgrade { .. } => {
                 Ok(serde_json::Value::Null)
             }
-            Request::BackupCreate { label } => {
-                backups.create(label.as_deref(), none()).await.map(json)
-            }
+            Request::BackupCreate { label } => backups
+                .create(label.as_deref(), client_progress())
+                .await
+                .map(json),
             Request::BackupList => backups.store().list().map(json),
-            Request::BackupVerify { name } => {
-                backups.verify(name.as_deref(), none()).await.map(json)
-            }
+            Request::BackupVerify { name } => backups
+                .verify(name.as_deref(), client_progress())
+                .await
+                .map(json),
             Request::BackupPrune => backups.prune().map(json),
             Request::BackupDrill => backups.drill().await.map(json),
-            Request::Restore { name } => backups.restore(&name, none()).await.map(
+            Request::Restore { name } => backups.restore(&name, client_progress()).await.map(
                 |r| serde_json::json!({ "restored": r.restored, "safety_backup": r.safety_backup }),
             ),
         };

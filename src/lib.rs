@@ -69,8 +69,8 @@
 //!   on one instance reaches all).
 //! - [`migrate`]: embedded SQL migrations under an advisory lock.
 //! - [`backup`]: snapshot-consistent dumps through zstd (and age), verified,
-//!   with manifests, retention, drills and restore; `backup::schedule` for
-//!   cron.
+//!   with manifests, retention, drills and restore (parallel `pg_restore -j`
+//!   from a checked, decompressed copy); `backup::schedule` for cron.
 //! - [`update`]: self-update of a standalone install: the release feed
 //!   (`update::feed`), the signature check against the keys built into the
 //!   binary, the unpacked binary's own `version --json` (`update::verify`),

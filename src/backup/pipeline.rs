@@ -1,6 +1,7 @@
 //! The byte pipelines of a backup, run on a blocking thread:
 //! `pg_dump` → zstd → (age) → SHA-256 → file, and back:
-//! file → SHA-256 → (age) → zstd → `pg_restore` (listing or restoring).
+//! file → SHA-256 → (age) → zstd → `pg_restore` (listing or restoring), or
+//! → a decompressed copy on disk that a parallel `pg_restore -j` can seek in.
 //!
 //! Streaming end to end: memory use does not grow with the database.
 
@@ -70,6 +71,11 @@ pub enum ReadError {
         status: String,
         stderr: String,
     },
+    /// Writing the decompressed copy would have crossed the disk reserve.
+    NoSpace {
+        written: u64,
+        free: u64,
+    },
 }
 
 impl ReadError {
@@ -102,6 +108,15 @@ impl ReadError {
                 program,
                 status,
                 stderr,
+            },
+            Self::NoSpace { written, free } => Error::Io {
+                action: "write the decompressed copy of",
+                path: PathBuf::from(name),
+                source: io::Error::other(format!(
+                    "the disk reserve would be crossed after {} ({} free)",
+                    bytesize::ByteSize(written),
+                    bytesize::ByteSize(free)
+                )),
             },
         }
     }
@@ -147,7 +162,7 @@ impl<R: Read> Read for HashReader<R> {
 /// Copies until EOF, checking `abort` between chunks.
 fn copy(
     from: &mut impl Read,
-    to: &mut impl Write,
+    to: &mut (impl Write + ?Sized),
     abort: &AtomicBool,
     progress: &Progress,
 ) -> io::Result<u64> {
@@ -285,15 +300,14 @@ pub fn dump_to_file(
     })
 }
 
-/// Reads the backup at `path`, decrypting with `identity` when given, and
-/// feeds the decompressed dump to `tool` on its stdin. Returns the file's
-/// hash and the tool's output once both the stream and the tool succeeded.
-pub fn feed_tool(
-    path: &Path,
-    identity: Option<&Path>,
-    mut tool: Command,
-    progress: &Progress,
-) -> Result<Checked, ReadError> {
+/// A backup file opened for reading: hashed as it is read, decrypted when
+/// `identity` is given, decompressed.
+struct Opened {
+    zstd: zstd::Decoder<'static, BufReader<Box<dyn Read + Send>>>,
+    digest: Digest,
+}
+
+fn open(path: &Path, identity: Option<&Path>) -> Result<Opened, ReadError> {
     let file = File::open(path).map_err(|source| ReadError::Io {
         action: "open",
         path: path.to_path_buf(),
@@ -323,14 +337,48 @@ pub fn feed_tool(
             Box::new(stream)
         }
     };
-    let mut zstd = zstd::Decoder::new(source)
+    let zstd = zstd::Decoder::new(source)
         .map_err(|e| ReadError::Damaged(format!("not a zstd stream: {e}")))?;
+    Ok(Opened { zstd, digest })
+}
 
-    let program = if tool.get_args().any(|a| a == "--list") {
-        "pg_restore --list"
+fn damaged(err: &io::Error) -> ReadError {
+    ReadError::Damaged(if err.kind() == io::ErrorKind::UnexpectedEof {
+        "the file is truncated".to_string()
     } else {
-        "pg_restore"
-    };
+        err.to_string()
+    })
+}
+
+impl Opened {
+    /// Decompresses whatever was not read yet, then reads past the end of
+    /// the zstd frame: the hash then covers the whole file, every zstd block
+    /// is checked, and age authenticates its last chunk.
+    fn finish(mut self) -> Result<(u64, String), ReadError> {
+        io::copy(&mut self.zstd, &mut io::sink()).map_err(|e| damaged(&e))?;
+        let mut rest = self.zstd.finish();
+        io::copy(&mut rest, &mut io::sink()).map_err(|e| ReadError::Damaged(e.to_string()))?;
+        let state = self.digest.0.lock().expect("digest lock is never poisoned");
+        Ok((state.1, hex::encode(state.0.clone().finalize())))
+    }
+}
+
+/// How a tool run by [`run_tool`] went.
+struct ToolRun {
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+    /// What feeding its stdin returned.
+    fed: io::Result<u64>,
+}
+
+/// Runs `tool` reading from a pipe, which `feed` writes to, and returns its
+/// status and output once it exited.
+fn run_tool(
+    mut tool: Command,
+    path: &Path,
+    feed: impl FnOnce(&mut dyn Write) -> io::Result<u64>,
+) -> Result<ToolRun, ReadError> {
     tool.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -342,31 +390,55 @@ pub fn feed_tool(
     let stdout = collect(child.stdout.take());
     let stderr = collect(child.stderr.take());
     let mut stdin = child.stdin.take().expect("stdin is piped");
-    let never = AtomicBool::new(false);
-    let fed = copy(&mut zstd, &mut stdin, &never, progress);
+    let written = feed(&mut stdin);
     drop(stdin);
     let status = child.wait().map_err(|source| ReadError::Io {
         action: "wait for pg_restore reading",
         path: path.to_path_buf(),
         source,
     })?;
-    let (stdout, stderr) = (
-        stdout.join().unwrap_or_default(),
-        stderr.join().unwrap_or_default(),
-    );
+    Ok(ToolRun {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+        fed: written,
+    })
+}
+
+fn program(tool: &Command) -> &'static str {
+    if tool.get_args().any(|a| a == "--list") {
+        "pg_restore --list"
+    } else {
+        "pg_restore"
+    }
+}
+
+/// Reads the backup at `path`, decrypting with `identity` when given, and
+/// feeds the decompressed dump to `tool` on its stdin. Returns the file's
+/// hash and the tool's output once both the stream and the tool succeeded.
+pub fn feed_tool(
+    path: &Path,
+    identity: Option<&Path>,
+    tool: Command,
+    progress: &Progress,
+) -> Result<Checked, ReadError> {
+    let mut opened = open(path, identity)?;
+    let program = program(&tool);
+    let never = AtomicBool::new(false);
+    let ToolRun {
+        status,
+        stdout,
+        stderr,
+        fed,
+    } = run_tool(tool, path, |stdin| {
+        copy(&mut opened.zstd, stdin, &never, progress)
+    })?;
     match fed {
         Ok(_) => {}
         // The tool stopped reading: `pg_restore --list` needs only the table
         // of contents at the start; a failing tool's own error says why.
         Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {}
-        Err(err) => {
-            let reason = if err.kind() == io::ErrorKind::UnexpectedEof {
-                "the file is truncated".to_string()
-            } else {
-                err.to_string()
-            };
-            return Err(ReadError::Damaged(reason));
-        }
+        Err(err) => return Err(damaged(&err)),
     }
     if !status.success() {
         return Err(ReadError::Tool {
@@ -375,22 +447,211 @@ pub fn feed_tool(
             stderr: stderr.trim().to_string(),
         });
     }
-    // Decompress whatever the tool did not read, then read past the end of
-    // the zstd frame: the hash then covers the whole file, every zstd block
-    // is checked, and age authenticates its last chunk.
-    io::copy(&mut zstd, &mut io::sink()).map_err(|e| {
-        ReadError::Damaged(if e.kind() == io::ErrorKind::UnexpectedEof {
-            "the file is truncated".to_string()
-        } else {
-            e.to_string()
-        })
-    })?;
-    let mut rest = zstd.finish();
-    io::copy(&mut rest, &mut io::sink()).map_err(|e| ReadError::Damaged(e.to_string()))?;
-    let state = digest.0.lock().expect("digest lock is never poisoned");
+    let (size, sha256) = opened.finish()?;
     Ok(Checked {
-        size: state.1,
-        sha256: hex::encode(state.0.clone().finalize()),
+        size,
+        sha256,
         output: stdout,
     })
+}
+
+/// Stops writing before the file system's free space drops below `reserve`.
+struct ReserveWriter<W> {
+    inner: W,
+    dir: PathBuf,
+    reserve: u64,
+    written: u64,
+    checked_at: u64,
+    /// Set when writing failed (rather than reading the backup).
+    failed: bool,
+}
+
+/// How often (in bytes written) [`ReserveWriter`] looks at the free space.
+const RESERVE_CHECK_EVERY: u64 = 32 << 20;
+
+impl<W: Write> Write for ReserveWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.written >= self.checked_at {
+            let free = crate::fsutil::available_bytes(&self.dir)?;
+            if free < self.reserve.saturating_add(RESERVE_CHECK_EVERY) {
+                self.failed = true;
+                return Err(io::Error::other(NoSpace {
+                    written: self.written,
+                    free,
+                }));
+            }
+            self.checked_at = self.written + RESERVE_CHECK_EVERY;
+        }
+        let n = self.inner.write(buf).inspect_err(|_| self.failed = true)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush().inspect_err(|_| self.failed = true)
+    }
+}
+
+#[derive(Debug)]
+struct NoSpace {
+    written: u64,
+    free: u64,
+}
+
+impl std::fmt::Display for NoSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the disk reserve would be crossed")
+    }
+}
+
+impl std::error::Error for NoSpace {}
+
+/// Reads the backup at `path` (decrypting with `identity` when given) and
+/// writes the decompressed dump to `out` (created 0600), stopping before
+/// free space in its directory drops below `reserve`; then lists it with
+/// `list` (`pg_restore --list`, which gets the file's path appended). Returns
+/// the backup file's hash and the listing. On any failure `out` is removed.
+pub fn decompress_to_file(
+    path: &Path,
+    identity: Option<&Path>,
+    out: &Path,
+    reserve: u64,
+    mut list: Command,
+    progress: &Progress,
+) -> Result<Checked, ReadError> {
+    let result = (|| {
+        let mut opened = open(path, identity)?;
+        let io_err = |action: &'static str| {
+            move |source| ReadError::Io {
+                action,
+                path: out.to_path_buf(),
+                source,
+            }
+        };
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(out)
+            .map_err(io_err("create"))?;
+        let mut sink = ReserveWriter {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            dir: out.parent().unwrap_or(Path::new("/")).to_path_buf(),
+            reserve,
+            written: 0,
+            checked_at: 0,
+            failed: false,
+        };
+        let never = AtomicBool::new(false);
+        let copied = copy(&mut opened.zstd, &mut sink, &never, progress).and_then(|_| sink.flush());
+        if let Err(err) = copied {
+            if let Some(no_space) = err.get_ref().and_then(|e| e.downcast_ref::<NoSpace>()) {
+                return Err(ReadError::NoSpace {
+                    written: no_space.written,
+                    free: no_space.free,
+                });
+            }
+            // A read error is the backup's; a write error is the disk's.
+            return Err(if sink.failed {
+                io_err("write")(err)
+            } else {
+                damaged(&err)
+            });
+        }
+        drop(sink);
+        let (size, sha256) = opened.finish()?;
+        let program = program(&list);
+        list.arg(out);
+        let ToolRun {
+            status,
+            stdout,
+            stderr,
+            ..
+        } = run_tool(list, path, |_| Ok(0))?;
+        if !status.success() {
+            return Err(ReadError::Tool {
+                program,
+                status: status.to_string(),
+                stderr: stderr.trim().to_string(),
+            });
+        }
+        Ok(Checked {
+            size,
+            sha256,
+            output: stdout,
+        })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(out);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compressed(dir: &Path, payload: &[u8]) -> PathBuf {
+        let path = dir.join("b.pgdump.zst");
+        std::fs::write(&path, zstd::encode_all(payload, 3).expect("zstd")).expect("write");
+        path
+    }
+
+    #[test]
+    fn a_decompressed_copy_is_written_hashed_and_listed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let payload = b"PGDMP pretend dump".repeat(1000);
+        let path = compressed(dir.path(), &payload);
+        let out = dir.path().join("copy");
+        let mut list = Command::new("echo");
+        list.arg("listed");
+        let checked =
+            decompress_to_file(&path, None, &out, 0, list, &Progress::none()).expect("copy");
+        assert_eq!(std::fs::read(&out).expect("copy"), payload);
+        let file = std::fs::read(&path).expect("backup");
+        assert_eq!(checked.size, file.len() as u64);
+        assert_eq!(checked.sha256, hex::encode(Sha256::digest(&file)));
+        assert!(checked.output.starts_with("listed "), "{}", checked.output);
+    }
+
+    #[test]
+    fn a_copy_that_would_cross_the_reserve_stops_and_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = compressed(dir.path(), b"data");
+        let out = dir.path().join("copy");
+        let err = decompress_to_file(
+            &path,
+            None,
+            &out,
+            u64::MAX,
+            Command::new("true"),
+            &Progress::none(),
+        )
+        .expect_err("no room");
+        assert!(matches!(err, ReadError::NoSpace { .. }), "{err:?}");
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn a_truncated_backup_leaves_no_copy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = compressed(dir.path(), &b"0123456789".repeat(100_000));
+        let bytes = std::fs::read(&path).expect("read");
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
+        let out = dir.path().join("copy");
+        let err = decompress_to_file(
+            &path,
+            None,
+            &out,
+            0,
+            Command::new("true"),
+            &Progress::none(),
+        )
+        .expect_err("truncated");
+        assert!(
+            matches!(&err, ReadError::Damaged(reason) if reason.contains("truncated")),
+            "{err:?}"
+        );
+        assert!(!out.exists());
+    }
 }

@@ -50,37 +50,30 @@ pub async fn run(loaded: Loaded, action: BackupAction) -> Result<ExitCode> {
         BackupAction::Drill => Request::BackupDrill,
     };
     let socket = loaded.config.paths().control_socket();
-    let spinner = spinner(&action);
-    let value = match control::call(&socket, &request).await {
+    let bar = match &action {
+        BackupAction::Create { .. } => bar("backing up"),
+        BackupAction::Verify { .. } => bar("verifying"),
+        BackupAction::Drill => bar("restoring into a scratch database"),
+        _ => None,
+    };
+    let value = match call(&socket, &request, bar.as_ref()).await {
         Ok(value) => value,
-        Err(control::Error::NotRunning { .. }) => offline(&loaded, &action).await?,
+        Err(control::Error::NotRunning { .. }) => offline(&loaded, &action, bar.as_ref()).await?,
         Err(control::Error::Refused(reason)) => bail!("{reason}"),
         Err(err) => return Err(err.into()),
     };
-    if let Some(spinner) = spinner {
-        spinner.finish_and_clear();
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     print_result(&loaded, &action, value)
 }
 
-fn spinner(action: &BackupAction) -> Option<indicatif::ProgressBar> {
-    let what = match action {
-        BackupAction::Create { .. } => "backing up",
-        BackupAction::Verify { .. } => "verifying",
-        BackupAction::Drill => "restoring into a scratch database",
-        _ => return None,
-    };
+/// A progress bar on stderr when it is a terminal (none otherwise): the
+/// bytes streamed so far and the rate, whether the daemon or this process
+/// does the work.
+pub(super) fn bar(what: &str) -> Option<indicatif::ProgressBar> {
     if !std::io::stderr().is_terminal() {
         return None;
-    }
-    let bar = indicatif::ProgressBar::new_spinner().with_message(what);
-    bar.enable_steady_tick(Duration::from_millis(120));
-    Some(bar)
-}
-
-pub(super) fn progress(what: &str) -> pipeline::Progress {
-    if !std::io::stderr().is_terminal() {
-        return pipeline::Progress::none();
     }
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
@@ -88,20 +81,50 @@ pub(super) fn progress(what: &str) -> pipeline::Progress {
             .expect("valid template"),
     );
     bar.set_message(what.to_string());
-    pipeline::Progress::new(move |bytes| bar.set_position(bytes))
+    bar.enable_steady_tick(Duration::from_millis(120));
+    Some(bar)
 }
 
-async fn offline(loaded: &Loaded, action: &BackupAction) -> Result<serde_json::Value> {
+/// What the offline path reports to `bar`.
+pub(super) fn progress(bar: Option<&indicatif::ProgressBar>) -> pipeline::Progress {
+    match bar {
+        Some(bar) => {
+            let bar = bar.clone();
+            pipeline::Progress::new(move |bytes| bar.set_position(bytes))
+        }
+        None => pipeline::Progress::none(),
+    }
+}
+
+/// Sends `request` to the daemon, asking for progress when there is a bar.
+async fn call(
+    socket: &std::path::Path,
+    request: &Request,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<serde_json::Value, control::Error> {
+    match bar {
+        Some(bar) => {
+            control::call_with_progress(socket, request, |bytes| bar.set_position(bytes)).await
+        }
+        None => control::call(socket, request).await,
+    }
+}
+
+async fn offline(
+    loaded: &Loaded,
+    action: &BackupAction,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<serde_json::Value> {
     let session = Session::open(loaded).await?;
     let backups = backups(loaded, &session);
     let result = match action {
         BackupAction::Create { name } => backups
-            .create(name.as_deref(), progress("backing up"))
+            .create(name.as_deref(), progress(bar))
             .await
             .map(json),
         BackupAction::List { .. } => backups.store().list().map(json),
         BackupAction::Verify { name } => backups
-            .verify(name.as_deref(), progress("verifying"))
+            .verify(name.as_deref(), progress(bar))
             .await
             .map(json),
         BackupAction::Prune => backups.prune().map(json),
@@ -119,6 +142,7 @@ pub(super) fn backups(loaded: &Loaded, session: &Session) -> Backups {
         &session.database,
         store,
         config.limits.disk_reserve.as_u64(),
+        config.limits.postgres_memory.as_u64(),
         None,
     )
 }
@@ -213,12 +237,14 @@ pub async fn restore(loaded: Loaded, name: String, yes: bool) -> Result<ExitCode
         }
     }
     let socket = loaded.config.paths().control_socket();
-    let value = match control::call(&socket, &Request::Restore { name: name.clone() }).await {
+    let bar = bar("restoring");
+    let request = Request::Restore { name: name.clone() };
+    let value = match call(&socket, &request, bar.as_ref()).await {
         Ok(value) => value,
         Err(control::Error::NotRunning { .. }) => {
             let session = Session::open(&loaded).await?;
             let result = backups(&loaded, &session)
-                .restore(&name, progress("restoring"))
+                .restore(&name, progress(bar.as_ref()))
                 .await;
             session.close().await?;
             let report = result?;
@@ -227,6 +253,9 @@ pub async fn restore(loaded: Loaded, name: String, yes: bool) -> Result<ExitCode
         Err(control::Error::Refused(reason)) => bail!("{reason}"),
         Err(err) => return Err(err.into()),
     };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     println!(
         "restored {name}; the data before the restore is in backup {}",
         value["safety_backup"].as_str().unwrap_or("?")

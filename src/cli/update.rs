@@ -257,9 +257,13 @@ async fn backup_before(loaded: &Loaded, version: &semver::Version) -> Result<Opt
         })
         .collect();
     let session = Session::open(loaded).await?;
+    let bar = super::backup::bar("backing up");
     let result = super::backup::backups(loaded, &session)
-        .create(Some(&label), super::backup::progress("backing up"))
+        .create(Some(&label), super::backup::progress(bar.as_ref()))
         .await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     session.close().await?;
     Ok(Some(result?.name))
 }

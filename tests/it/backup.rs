@@ -61,6 +61,16 @@ fn backup_change_restore_gives_back_exactly_the_backed_up_state() {
         before,
         "the restored data equals the backup"
     );
+    // It ran in parallel from a decompressed copy, which is gone afterwards.
+    let log = crm.daemon.log();
+    assert!(log.contains("pg_restore -j done"), "{log}");
+    let copies = path.parent().expect("backup dir").join(".restore");
+    assert_eq!(
+        std::fs::read_dir(&copies).map_or(0, Iterator::count),
+        0,
+        "decompressed copies left in {}",
+        copies.display()
+    );
     // The API serves the restored data with the same login (the token still verifies).
     let list = crm
         .get(&crm.owner, "/api/v1/customers?limit=200")
@@ -412,6 +422,92 @@ fn killing_the_daemon_mid_backup_leaves_nothing_listed_and_the_next_backup_works
         "the interrupted backup was cleaned up: {leftovers:?}"
     );
     assert!(daemon.stop().success());
+}
+
+/// Sends one request line to the daemon's control socket and returns every
+/// line it answers with, up to and including the answer.
+fn control_lines(data: &DataDir, request: &str) -> Vec<Value> {
+    use std::io::{BufRead as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(data.path().join("run/control.sock"))
+        .expect("connect to the control socket");
+    stream
+        .write_all(format!("{request}\n").as_bytes())
+        .expect("send");
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(stream).lines() {
+        let value: Value = serde_json::from_str(&line.expect("read")).expect("json line");
+        let done = value.get("progress").is_none();
+        lines.push(value);
+        if done {
+            break;
+        }
+    }
+    lines
+}
+
+#[test]
+fn the_daemon_streams_progress_to_clients_that_ask_and_only_to_them() {
+    let crm = Crm::start();
+    crm.customer(&crm.owner, "Progressive");
+    let (name, _) = create(&crm.data, "progress");
+    let asked = control_lines(
+        &crm.data,
+        &format!(r#"{{"cmd":"backup_verify","name":"{name}","progress":true}}"#),
+    );
+    let (answer, progress) = asked.split_last().expect("lines");
+    assert_eq!(answer["ok"]["name"], json!(name), "{asked:?}");
+    assert!(!progress.is_empty(), "no progress lines: {asked:?}");
+    let bytes: Vec<u64> = progress
+        .iter()
+        .map(|p| p["progress"]["bytes"].as_u64().expect("bytes"))
+        .collect();
+    assert!(bytes.windows(2).all(|w| w[0] <= w[1]), "{bytes:?}");
+    assert!(bytes.last().is_some_and(|b| *b > 0), "{bytes:?}");
+    // A client that did not ask (as every client before progress) gets
+    // exactly one line: the answer.
+    let plain = control_lines(
+        &crm.data,
+        &format!(r#"{{"cmd":"backup_verify","name":"{name}"}}"#),
+    );
+    assert_eq!(plain.len(), 1, "{plain:?}");
+    assert_eq!(plain[0]["ok"]["name"], json!(name));
+}
+
+#[test]
+fn without_room_for_a_decompressed_copy_a_restore_streams_instead() {
+    let crm = Crm::start();
+    crm.customer(&crm.owner, "Streamed");
+    let (good, path) = create(&crm.data, "streamed");
+    let Crm { data, daemon, .. } = crm;
+    assert!(daemon.stop().success());
+    // Offline, with a reserve larger than any disk: no room for the copy
+    // that a parallel restore reads; the drill restores from the stream.
+    let config = data.path().join("reserve.toml");
+    std::fs::write(
+        &config,
+        "[limits]\ndisk_reserve = \"1000 TiB\"\n[backup]\nschedule = \"\"\n",
+    )
+    .expect("config");
+    let config_arg = config.to_str().expect("utf8").to_string();
+    let out = data.cli(&["--config", &config_arg, "backup", "drill"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("restoring from the compressed stream"),
+        "{err}"
+    );
+    let listed = backups(&data);
+    assert!(
+        listed.iter().find(|b| b["name"] == good).expect("listed")["restore_verified_at"]
+            .is_string(),
+        "drill recorded"
+    );
+    let copies = path.parent().expect("backup dir").join(".restore");
+    assert!(!copies.exists(), "{}", copies.display());
 }
 
 #[test]

@@ -189,7 +189,11 @@ pub async fn status(
     let events = state.api.status.as_ref().ok_or(ApiError::Unavailable)?;
     let (reply, answer) = tokio::sync::oneshot::channel();
     events
-        .send((crate::control::Request::Status, reply))
+        .send((
+            crate::control::Request::Status,
+            reply,
+            crate::control::ProgressSink::default(),
+        ))
         .await
         .map_err(|_| ApiError::Unavailable)?;
     match tokio::time::timeout(std::time::Duration::from_secs(5), answer).await {
