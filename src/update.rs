@@ -423,35 +423,40 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
 }
 
 /// The Debian package that owns `exe`, when dpkg installed it: then apt,
-/// not `pagodirecto update`, replaces it.
+/// not `pagodirecto update`, replaces it. Asks `dpkg-query --search`, the
+/// interface dpkg supports (its database files are private); no dpkg, no
+/// package.
 #[must_use]
 pub fn package_owner(exe: &Path) -> Option<String> {
-    package_owner_in(Path::new("/var/lib/dpkg/info"), exe)
+    let wanted = exe.canonicalize().unwrap_or_else(|_| exe.to_path_buf());
+    let out = std::process::Command::new("dpkg-query")
+        .arg("--search")
+        .arg(&wanted)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    owner_in_search(&String::from_utf8_lossy(&out.stdout), &wanted)
 }
 
-/// [`package_owner`] reading `<info_dir>/*.list` (one installed path per line).
-fn package_owner_in(info_dir: &Path, exe: &Path) -> Option<String> {
-    let wanted = exe.canonicalize().unwrap_or_else(|_| exe.to_path_buf());
-    let file_name = wanted.file_name()?.to_owned();
-    for entry in std::fs::read_dir(info_dir).ok()?.flatten() {
-        let path = entry.path();
-        if path.extension().is_none_or(|ext| ext != "list") {
-            continue;
+/// The package named for exactly `path` in `dpkg-query --search` output
+/// (`pkg[:arch][, pkg2]: /path` lines; diversion lines are skipped).
+fn owner_in_search(output: &str, path: &Path) -> Option<String> {
+    output.lines().find_map(|line| {
+        if line.starts_with("diversion ") {
+            return None;
         }
-        let Ok(list) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        let owns = list.lines().map(Path::new).any(|listed| {
-            listed.file_name() == Some(file_name.as_os_str())
-                && (listed == wanted || listed.canonicalize().is_ok_and(|p| p == wanted))
-        });
-        if owns {
-            let stem = path.file_stem()?.to_string_lossy().into_owned();
-            // Multi-arch packages are listed as `name:arch.list`.
-            return Some(stem.split(':').next().unwrap_or(&stem).to_string());
+        let (packages, listed) = line.split_once(": ")?;
+        if Path::new(listed.trim()) != path {
+            return None;
         }
-    }
-    None
+        let first = packages.split(", ").next()?.trim();
+        // Multi-arch packages are named `name:arch`.
+        Some(first.split(':').next().unwrap_or(first).to_string())
+    })
 }
 
 #[cfg(test)]
@@ -466,42 +471,24 @@ mod tests {
     }
 
     #[test]
-    fn a_binary_listed_by_dpkg_belongs_to_its_package() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let info = root.path().join("info");
-        let bin = root.path().join("usr/bin");
-        std::fs::create_dir_all(&info).expect("mkdir");
-        std::fs::create_dir_all(&bin).expect("mkdir");
-        let exe = bin.join("pagodirecto");
+    fn the_package_named_for_exactly_the_binary_owns_it() {
+        let exe = Path::new("/usr/bin/pagodirecto");
+        let found = "pagodirecto:amd64: /usr/bin/pagodirecto\n";
+        assert_eq!(owner_in_search(found, exe).as_deref(), Some("pagodirecto"));
+        let shared = "pagodirecto, pagodirecto-tools: /usr/bin/pagodirecto\n";
+        assert_eq!(owner_in_search(shared, exe).as_deref(), Some("pagodirecto"));
+        let diverted = "diversion by x from: /usr/bin/pagodirecto\nx: /usr/bin/pagodirecto.real\n";
+        assert_eq!(owner_in_search(diverted, exe), None);
+        assert_eq!(owner_in_search("coreutils: /usr/bin/ls\n", exe), None);
+        assert_eq!(owner_in_search("", exe), None);
+    }
+
+    #[test]
+    fn a_binary_no_package_installed_belongs_to_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let exe = dir.path().join("pagodirecto");
         std::fs::write(&exe, b"binary").expect("write");
-        let other = root.path().join("opt-pagodirecto");
-        std::fs::write(&other, b"binary").expect("write");
-        std::fs::write(
-            info.join("coreutils.list"),
-            "/.\n/usr\n/usr/bin\n/usr/bin/ls\n",
-        )
-        .expect("write");
-        std::fs::write(
-            info.join("pagodirecto.md5sums"),
-            format!("abc  {}\n", exe.display()),
-        )
-        .expect("write");
-        assert_eq!(
-            package_owner_in(&info, &exe),
-            None,
-            "only *.list files count"
-        );
-        std::fs::write(
-            info.join("pagodirecto:amd64.list"),
-            format!("/.\n{}\n{}\n", bin.display(), exe.display()),
-        )
-        .expect("write");
-        assert_eq!(
-            package_owner_in(&info, &exe).as_deref(),
-            Some("pagodirecto")
-        );
-        assert_eq!(package_owner_in(&info, &other), None);
-        assert_eq!(package_owner_in(&root.path().join("none"), &exe), None);
+        assert_eq!(package_owner(&exe), None);
     }
 
     fn staged_in(dir: &Path, new: &[u8]) -> Staged {
