@@ -162,14 +162,19 @@ async fn online(
         if let Ok(value) = control::call(&socket, &Request::Status).await
             && let Ok(now) = serde_json::from_value::<StatusReport>(value)
         {
-            if now.pid != daemon.pid && now.version == version && now.ready {
+            let last = now.last_update.filter(|u| u.to == version && u.at >= asked);
+            let outcome = last.as_ref().map(|u| u.outcome);
+            // `updated` is recorded by the old process once the new one has
+            // stayed up a moment after it said ready (until then, a crash
+            // still rolls back).
+            if outcome == Some(Outcome::Updated) && now.version == version && now.ready {
                 println!(
                     "updated {} → {version}: pid {} serves",
                     daemon.version, now.pid
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            if let Some(last) = now.last_update.filter(|u| u.to == version && u.at >= asked)
+            if let Some(last) = last
                 && last.outcome == Outcome::RolledBack
                 && now.ready
             {
