@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
+use tracing_subscriber::fmt::writer::MakeWriterExt as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, reload};
@@ -83,8 +84,7 @@ pub fn init(cfg: &LogConfig, files: Option<&Path>) -> Result<Guard, Error> {
     let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let stderr_is_tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut layers: Vec<BoxedLayer> =
-        vec![format_layer(cfg.format, std::io::stderr, stderr_is_tty)];
+    let mut layers: Vec<BoxedLayer> = Vec::with_capacity(2);
     let mut guard = None;
     if let Some(dir) = files {
         std::fs::create_dir_all(dir).map_err(|source| Error::Dir {
@@ -105,8 +105,19 @@ pub fn init(cfg: &LogConfig, files: Option<&Path>) -> Result<Guard, Error> {
         let (writer, file_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
             .lossy(false)
             .finish(appender);
-        layers.push(format_layer(cfg.format, writer, false));
+        if stderr_is_tty {
+            // Colours for the terminal, none in the file: formatted twice.
+            layers.push(format_layer(cfg.format, std::io::stderr, true));
+            layers.push(format_layer(cfg.format, writer, false));
+        } else {
+            // The same bytes to both (the journal and the file): each line
+            // formatted once. With a line per request, formatting is a
+            // large part of what a request costs.
+            layers.push(format_layer(cfg.format, std::io::stderr.and(writer), false));
+        }
         guard = Some(file_guard);
+    } else {
+        layers.push(format_layer(cfg.format, std::io::stderr, stderr_is_tty));
     }
     tracing_subscriber::registry()
         .with(filter)
