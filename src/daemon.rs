@@ -1015,14 +1015,14 @@ async fn event_loop(
             }
             Event::UpdateDue => {
                 if !updating.swap(true, Ordering::AcqRel) {
-                    let request = upgrade::Request {
-                        version: String::new(),
-                        schema: 0,
-                        external: context.access.external().is_some(),
-                        busy: updating.clone(),
-                    };
-                    let exe = context.exe.clone();
-                    upgrade::automatic(serving, update_config.clone(), exe, request, plans.clone());
+                    upgrade::automatic(
+                        serving,
+                        update_config.clone(),
+                        context.exe.clone(),
+                        context.access.external().is_some(),
+                        updating.clone(),
+                        plans.clone(),
+                    );
                 }
             }
             Event::PostgresFinished(result) => {

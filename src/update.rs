@@ -422,6 +422,24 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
         })
 }
 
+/// The label of the backup taken before updating to `version`
+/// (`pagodirecto-<time>-before-update-to-0_2_0`): the same whether the
+/// daemon or the offline command takes it.
+#[must_use]
+pub fn backup_label(version: &str) -> String {
+    let version: String = version
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("before-update-to-{version}")
+}
+
 /// The Debian package that owns `exe`, when dpkg installed it: then apt,
 /// not `pagodirecto update`, replaces it. Asks `dpkg-query --search`, the
 /// interface dpkg supports (its database files are private); no dpkg, no

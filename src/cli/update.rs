@@ -233,34 +233,20 @@ async fn offline(
 }
 
 /// The backup `backup create` takes with no daemon running, labelled with
-/// the version being installed. `None` (with a warning) when there is
-/// nothing this command can back up: an external database (back it up
-/// where it runs), or no database yet.
+/// the version being installed. `None` (with a warning) when there is no
+/// database yet.
 async fn backup_before(loaded: &Loaded, version: &semver::Version) -> Result<Option<String>> {
     let config = &loaded.config;
-    if config.database.url.is_some() {
-        eprintln!(
-            "warning: the database is external ([database] url); no backup is taken before the update: back it up where it runs"
-        );
-        return Ok(None);
-    }
-    if !config.paths().pgdata().join("PG_VERSION").exists() {
+    // An external database is backed up the same way (`Session` connects
+    // to it); an embedded one may not exist yet.
+    if config.database.url.is_none() && !config.paths().pgdata().join("PG_VERSION").exists() {
         eprintln!(
             "warning: no database in {} yet; nothing to back up before the update",
             config.data_dir.display()
         );
         return Ok(None);
     }
-    let label: String = format!("before-update-to-{version}")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let label = update::backup_label(&version.to_string());
     let session = Session::open(loaded).await?;
     let bar = super::backup::bar("backing up");
     let result = super::backup::backups(loaded, &session)

@@ -156,12 +156,12 @@ pub(super) fn automatic(
     serving: &Serving,
     config: crate::config::UpdateConfig,
     exe: std::path::PathBuf,
-    request: Request,
+    external: bool,
+    busy: Arc<std::sync::atomic::AtomicBool>,
     plans: tokio::sync::mpsc::Sender<Plan>,
 ) {
     let backups = serving.backups.clone();
     tokio::spawn(async move {
-        let busy = request.busy.clone();
         let done = |what: &str, reason: String| {
             busy.store(false, std::sync::atomic::Ordering::Release);
             warn!(%reason, "automatic update: {what}");
@@ -192,7 +192,8 @@ pub(super) fn automatic(
         let request = Request {
             version: staged.version.to_string(),
             schema: staged.schema,
-            ..request
+            external,
+            busy: busy.clone(),
         };
         let installed = match update::install(staged) {
             Ok(installed) => installed,
@@ -269,7 +270,10 @@ async fn prepare(
     }
     if !plan.migrates() {
         match backups
-            .create(Some(&label(&plan.version)), pipeline::Progress::none())
+            .create(
+                Some(&update::backup_label(&plan.version)),
+                pipeline::Progress::none(),
+            )
             .await
         {
             Ok(manifest) => plan.backup = Some(manifest.name),
@@ -283,14 +287,6 @@ async fn prepare(
         }
     }
     Ok(plan)
-}
-
-fn label(version: &str) -> String {
-    let version: String = version
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    format!("pre-update-{version}")
 }
 
 /// What the hand-over takes from `run`.
@@ -418,7 +414,7 @@ pub(super) async fn hand_over(plan: Plan, running: Running<'_>) -> Result<Exit> 
 /// The pre-update backup of an update that migrates: taken once nothing is
 /// served any more, so a rollback can restore exactly that.
 async fn backup_in_gap(serving: &Serving, plan: &mut Plan) -> Result<(), String> {
-    let label = label(&plan.version);
+    let label = update::backup_label(&plan.version);
     match serving
         .backups
         .create(Some(&label), pipeline::Progress::none())
