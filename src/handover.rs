@@ -110,12 +110,6 @@ impl Inherited {
         Ok(inherited)
     }
 
-    /// Whether a previous process waits for this one to become ready.
-    #[must_use]
-    pub fn is_successor(&self) -> bool {
-        self.ready.is_some()
-    }
-
     /// The inherited socket bound to `addr` (a configured port 0 matches
     /// any port on that IP: the port was chosen when it was first bound).
     pub fn take(&mut self, addr: SocketAddr) -> Option<TcpListener> {
