@@ -7,19 +7,21 @@
 //! Invariants: the log directory holds only our files (tracing-appender's
 //! retention deletes everything matching its prefix there), and the returned
 //! [`Guard`] lives as long as `main`, or buffered lines are lost at exit.
+//! The daemon's lines are written in batches ([`batch`]): at most 50 ms
+//! late, warnings and errors at once.
 
 use std::io::{self, BufRead as _, Seek as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tracing_appender::non_blocking::WorkerGuard;
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
-use tracing_subscriber::fmt::writer::MakeWriterExt as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, reload};
 
 use crate::config::{LogConfig, LogFormat};
+
+mod batch;
 
 /// File names are `pagodirecto.YYYY-MM-DD.log` (dates in UTC).
 pub const FILE_PREFIX: &str = "pagodirecto";
@@ -41,13 +43,16 @@ pub enum Error {
         #[source]
         source: tracing_appender::rolling::InitError,
     },
+    #[error("cannot start the log writer thread")]
+    Thread(#[source] io::Error),
     #[error("a logger is already installed")]
     AlreadyInstalled,
 }
 
-/// Keeps the file writer flushing and lets the level change at run time.
+/// Keeps the batch writer running (dropping it writes what is left) and
+/// lets the level change at run time.
 pub struct Guard {
-    _file: Option<WorkerGuard>,
+    _batch: Option<batch::Batch>,
     filter: reload::Handle<EnvFilter, Registry>,
 }
 
@@ -101,21 +106,20 @@ pub fn init(cfg: &LogConfig, files: Option<&Path>) -> Result<Guard, Error> {
                 path: dir.to_path_buf(),
                 source,
             })?;
-        // Not lossy: a log line dropped under load is exactly the one needed later.
-        let (writer, file_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-            .lossy(false)
-            .finish(appender);
-        if stderr_is_tty {
-            // Colours for the terminal, none in the file: formatted twice.
+        let file: batch::Sink = Box::new(appender);
+        let writer = if stderr_is_tty {
+            // Colours for the terminal, at once; none in the file: formatted twice.
             layers.push(format_layer(cfg.format, std::io::stderr, true));
-            layers.push(format_layer(cfg.format, writer, false));
+            batch::Batch::start(vec![file])
         } else {
             // The same bytes to both (the journal and the file): each line
-            // formatted once. With a line per request, formatting is a
-            // large part of what a request costs.
-            layers.push(format_layer(cfg.format, std::io::stderr.and(writer), false));
+            // formatted once. With a line per request, formatting and
+            // writing are a large part of what a request costs.
+            batch::Batch::start(vec![Box::new(std::io::stderr()), file])
         }
-        guard = Some(file_guard);
+        .map_err(Error::Thread)?;
+        layers.push(format_layer(cfg.format, writer.writer(), false));
+        guard = Some(writer);
     } else {
         layers.push(format_layer(cfg.format, std::io::stderr, stderr_is_tty));
     }
@@ -125,7 +129,7 @@ pub fn init(cfg: &LogConfig, files: Option<&Path>) -> Result<Guard, Error> {
         .try_init()
         .map_err(|_| Error::AlreadyInstalled)?;
     Ok(Guard {
-        _file: guard,
+        _batch: guard,
         filter: handle,
     })
 }

@@ -236,7 +236,17 @@ fn status_and_migrate_report_the_running_system() {
 fn logs_show_postgres_lines_tagged() {
     let data = DataDir::new();
     let daemon = data.start();
+    // Access lines are written in batches: every one of them is in the file
+    // and on stderr once the daemon has stopped.
+    for _ in 0..300 {
+        assert_eq!(daemon.get("/a-client-route").0, 200);
+    }
+    let stderr_of = daemon.output.clone();
     assert!(daemon.stop().success());
+    let all = ok_stdout(&data.cli(&["logs", "-n", "100000"]));
+    assert_eq!(all.matches("/a-client-route").count(), 300, "{all}");
+    let stderr = std::fs::read_to_string(stderr_of).expect("daemon stderr");
+    assert_eq!(stderr.matches("/a-client-route").count(), 300, "{stderr}");
     let pg = ok_stdout(&data.cli(&["logs", "-n", "500", "--service", "postgres"]));
     assert!(
         pg.contains("database system is ready to accept connections"),
@@ -261,8 +271,18 @@ fn metrics_and_resources_are_reported_to_allowed_readers_only() {
     let daemon = data.start();
     let (status, _) = daemon.get("/api/v1/customers");
     assert_eq!(status, 401);
+    // Series are per route, not per path a client makes up.
+    for junk in ["not-a-uuid", "6f1c2b1e-8d0a-4c57-9d2f-0e4b3a1c9d77"] {
+        assert_eq!(daemon.get(&format!("/api/v1/customers/{junk}")).0, 401);
+    }
     let (code, text) = daemon.get("/metrics");
     assert_eq!(code, 200, "loopback may read /metrics");
+    assert!(
+        text.contains("route=\"/api/v1/customers/{id}\",method=\"GET\",status=\"401\"")
+            && !text.contains("not-a-uuid")
+            && !text.contains("6f1c2b1e"),
+        "{text}"
+    );
     for line in [
         "pagodirecto_postgres_up 1",
         "pagodirecto_postgres_restarts_total 0",
