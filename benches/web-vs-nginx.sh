@@ -128,6 +128,12 @@ measure() {
     before=$(cpu_ticks "$2")
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
         -H 'Accept-Encoding: br, gzip' "$1" >"$work/wrk.out"
+    # Only served files count: a 429 or 503 is cheaper than the file.
+    if grep -q 'Non-2xx' "$work/wrk.out"; then
+        echo "web-vs-nginx.sh: $1 answered errors:" >&2
+        cat "$work/wrk.out" >&2
+        exit 1
+    fi
     after=$(cpu_ticks "$2")
     awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" -v secs="$DURATION" '
         /Requests\/sec/ { rps = $2 }

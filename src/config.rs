@@ -65,7 +65,9 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Requests handled at once; beyond, 503 + Retry-After at once (no queue).
     pub max_concurrent_requests: usize,
-    /// Requests per minute per client address (a burst of this many is allowed).
+    /// API requests (`/api/*`, `/openapi.json`) per minute per client
+    /// address (a burst of this many is allowed); the web app's files and
+    /// the probes are not counted.
     pub rate_limit_per_minute: u32,
     /// The same for `/api/v1/auth/*` (login, refresh): strict by default.
     pub auth_rate_limit_per_minute: u32,

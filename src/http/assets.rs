@@ -125,20 +125,15 @@ impl Index {
             };
             let hash = hex::encode(&file.metadata.sha256_hash()[..12]);
             let variant = |suffix: &str, tag: &str| {
-                Dist::get(&format!("{name}.{suffix}")).map(|f| Variant {
-                    bytes: cow_bytes(f.data),
-                    etag: etag(&hash, tag),
-                })
+                Dist::get(&format!("{name}.{suffix}"))
+                    .map(|f| Variant::new(f.data, etag(&hash, tag)))
             };
             let br = variant("br", "-br");
             let gzip = variant("gz", "-gz");
             files.insert(
                 name.to_string(),
                 File {
-                    identity: Variant {
-                        bytes: cow_bytes(file.data),
-                        etag: etag(&hash, ""),
-                    },
+                    identity: Variant::new(file.data, etag(&hash, "")),
                     br,
                     gzip,
                     content_type: HeaderValue::from_static(content_type(&name)),
@@ -151,10 +146,13 @@ impl Index {
     }
 }
 
-fn cow_bytes(data: std::borrow::Cow<'static, [u8]>) -> Bytes {
-    match data {
-        std::borrow::Cow::Borrowed(bytes) => Bytes::from_static(bytes),
-        std::borrow::Cow::Owned(bytes) => Bytes::from(bytes),
+impl Variant {
+    fn new(data: std::borrow::Cow<'static, [u8]>, etag: HeaderValue) -> Self {
+        let bytes = match data {
+            std::borrow::Cow::Borrowed(bytes) => Bytes::from_static(bytes),
+            std::borrow::Cow::Owned(bytes) => Bytes::from(bytes),
+        };
+        Self { bytes, etag }
     }
 }
 

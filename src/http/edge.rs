@@ -1,6 +1,6 @@
 //! The HTTP edge, in process: what the old stack's nginx proxy did in front
 //! of the API — a request id on every request and log line, per-client rate
-//! limits, CORS for the configured origins, a body size limit, a concurrency
+//! limits on the API, CORS for the configured origins, a body size limit, a concurrency
 //! limit that sheds load instead of queueing, a request timeout, and security
 //! headers (HSTS with TLS) on every response.
 //!
@@ -241,6 +241,15 @@ fn is_probe(path: &str) -> bool {
     matches!(path, "/health" | "/ready") || path.starts_with("/actuator/")
 }
 
+/// Paths the per-client rate limits count: the API. The web app's files
+/// are not counted (the old stack's frontend nginx did not limit them
+/// either): a page load must not spend a client's API budget, and serving
+/// them costs less than refusing them would; the concurrency limit still
+/// bounds them.
+fn is_rate_limited(path: &str) -> bool {
+    path.starts_with("/api/") || path == "/openapi.json"
+}
+
 pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
@@ -266,7 +275,7 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
     let origin = limits.allowed_origin(&req);
 
     let mut response = async {
-        if let Some(ip) = client.filter(|_| !is_probe(&path)) {
+        if let Some(ip) = client.filter(|_| is_rate_limited(&path)) {
             let limiter = if path.starts_with("/api/v1/auth/") {
                 &limits.auth_limiter
             } else {
@@ -292,7 +301,12 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
         }
         // Shed, don't queue: past the limit a request gets 503 at once, so a
         // burst cannot pile up latency for everyone.
-        let Ok(_permit) = limits.in_flight.try_acquire() else {
+        let permit = limits.in_flight.try_acquire();
+        let Ok(_permit) = permit else {
+            if is_probe(&path) {
+                // Monitoring must see the daemon as it is, not as shed.
+                return run_with_timeout(next, req, limits.timeout).await;
+            }
             if let (true, total) = count(&edge.shed) {
                 tracing::warn!(
                     total,
@@ -301,12 +315,7 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
             }
             return ApiError::Overloaded.into_response();
         };
-        if let Ok(response) = tokio::time::timeout(limits.timeout, next.run(req)).await {
-            response
-        } else {
-            tracing::warn!(timeout = ?limits.timeout, "request timed out");
-            ApiError::Timeout.into_response()
-        }
+        run_with_timeout(next, req, limits.timeout).await
     }
     .instrument(span.clone())
     .await;
@@ -326,6 +335,16 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
         );
     });
     response
+}
+
+/// The handler, answered 503 when it takes longer than `timeout`.
+async fn run_with_timeout(next: Next, req: Request, timeout: Duration) -> Response {
+    if let Ok(response) = tokio::time::timeout(timeout, next.run(req)).await {
+        response
+    } else {
+        tracing::warn!(?timeout, "request timed out");
+        ApiError::Timeout.into_response()
+    }
 }
 
 impl Limits {
@@ -417,6 +436,7 @@ mod tests {
                 ),
             )
             .route("/api/v1/auth/login", get(|| async { "login" }))
+            .route("/api/v1/things", get(|| async { "things" }))
             .route("/health", get(|| async { "up" }))
             .route(
                 "/slow",
@@ -531,6 +551,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_api_is_rate_limited_per_client_and_the_web_app_is_not() {
+        let cfg = ServerConfig {
+            rate_limit_per_minute: 3,
+            ..ServerConfig::default()
+        };
+        let app = app(&cfg);
+        for _ in 0..10 {
+            assert_eq!(
+                status_of(&app, request("/fast", [10, 0, 0, 1], &[])).await,
+                200
+            );
+        }
+        let mut api = Vec::new();
+        for _ in 0..4 {
+            api.push(status_of(&app, request("/api/v1/things", [10, 0, 0, 1], &[])).await);
+        }
+        assert_eq!(api[..3], [200; 3], "{api:?}");
+        assert_eq!(api[3], 429, "{api:?}");
+    }
+
+    #[tokio::test]
     async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         let cfg = ServerConfig {
             auth_rate_limit_per_minute: 1,
@@ -584,6 +625,11 @@ mod tests {
             .expect("response");
         assert_eq!(shed.status(), 503);
         assert_eq!(shed.headers()["retry-after"], "1");
+        assert_eq!(
+            status_of(&app, request("/health", [10, 0, 0, 2], &[])).await,
+            200,
+            "probes are never shed"
+        );
         assert_eq!(slow.await.expect("join").expect("response").status(), 200);
         let after = app
             .oneshot(request("/fast", [10, 0, 0, 2], &[]))
