@@ -41,15 +41,83 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-/// Records one HTTP request (called by the edge middleware).
-pub fn record_request(route: &str, method: &str, status: u16, seconds: f64) {
-    let labels = [
-        ("route", route.to_string()),
-        ("method", method.to_string()),
-        ("status", status.to_string()),
-    ];
-    metrics::counter!("pagodirecto_http_requests_total", &labels).increment(1);
-    metrics::histogram!("pagodirecto_http_request_duration_seconds", &labels).record(seconds);
+/// The HTTP request series (`pagodirecto_http_requests_total` and
+/// `…_request_duration_seconds` by route, method and status), with their
+/// handles kept: a request then costs a lookup of its route, not label
+/// strings and two registry lookups. Owned by the edge middleware; a series
+/// is made on its first request, so [`install`] must come before serving.
+#[derive(Default)]
+pub struct RequestMetrics {
+    by_route: std::sync::RwLock<std::collections::HashMap<String, Vec<RequestSeries>>>,
+}
+
+struct RequestSeries {
+    method: &'static str,
+    status: u16,
+    count: metrics::Counter,
+    seconds: metrics::Histogram,
+}
+
+impl RequestMetrics {
+    /// Records one request. `route` must come from a bounded set (route
+    /// templates); methods outside the standard ones are labelled `other`.
+    pub fn record(&self, route: &str, method: &axum::http::Method, status: u16, seconds: f64) {
+        let method = method_label(method);
+        let record = |series: &RequestSeries| {
+            series.count.increment(1);
+            series.seconds.record(seconds);
+        };
+        let find = |all: &[RequestSeries]| {
+            all.iter()
+                .position(|s| s.method == method && s.status == status)
+        };
+        {
+            let map = self
+                .by_route
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(all) = map.get(route)
+                && let Some(at) = find(all)
+            {
+                record(&all[at]);
+                return;
+            }
+        }
+        let mut map = self
+            .by_route
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let all = map.entry(route.to_string()).or_default();
+        let at = find(all).unwrap_or_else(|| {
+            let labels = [
+                ("route", route.to_string()),
+                ("method", method.to_string()),
+                ("status", status.to_string()),
+            ];
+            all.push(RequestSeries {
+                method,
+                status,
+                count: metrics::counter!("pagodirecto_http_requests_total", &labels),
+                seconds: metrics::histogram!("pagodirecto_http_request_duration_seconds", &labels),
+            });
+            all.len() - 1
+        });
+        record(&all[at]);
+    }
+}
+
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// The budget resources are measured against, exported once at start.
@@ -270,9 +338,19 @@ mod tests {
     #[test]
     fn requests_show_up_in_the_rendered_metrics() {
         let handle = install();
-        record_request("/api/v1/customers", "GET", 200, 0.004);
+        let requests = RequestMetrics::default();
+        for _ in 0..3 {
+            requests.record("/api/v1/customers", &axum::http::Method::GET, 200, 0.004);
+        }
+        let made_up = axum::http::Method::from_bytes(b"BREW").expect("method");
+        requests.record("/api/v1/customers", &made_up, 405, 0.001);
         let text = handle.render();
-        assert!(text.contains("pagodirecto_http_requests_total{route=\"/api/v1/customers\",method=\"GET\",status=\"200\"}"), "{text}");
+        assert!(text.contains("pagodirecto_http_requests_total{route=\"/api/v1/customers\",method=\"GET\",status=\"200\"} 3"), "{text}");
+        assert!(
+            text.contains("method=\"other\",status=\"405\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("BREW"), "{text}");
         assert!(
             text.contains("pagodirecto_http_request_duration_seconds_bucket"),
             "{text}"

@@ -44,6 +44,7 @@ pub struct Edge {
     /// overload a log line per refusal would cost more than the refusal.
     limited: std::sync::atomic::AtomicU64,
     shed: std::sync::atomic::AtomicU64,
+    requests: crate::telemetry::RequestMetrics,
 }
 
 /// The first refusal of a kind is logged, then every this many.
@@ -104,6 +105,7 @@ impl Edge {
             clock: DefaultClock::default(),
             limited: std::sync::atomic::AtomicU64::new(0),
             shed: std::sync::atomic::AtomicU64::new(0),
+            requests: crate::telemetry::RequestMetrics::default(),
         })
     }
 
@@ -321,9 +323,9 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
     .await;
 
     limits.decorate(response.headers_mut(), id, origin);
-    crate::telemetry::record_request(
+    edge.requests.record(
         route_label(matched.as_ref(), response.status()),
-        method.as_str(),
+        &method,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
@@ -356,6 +358,7 @@ impl Limits {
         id: HeaderValue,
         origin: Option<HeaderValue>,
     ) {
+        headers.reserve(SECURITY_HEADERS.len() + 2);
         headers.insert(REQUEST_ID, id);
         for (name, value) in SECURITY_HEADERS {
             if !headers.contains_key(*name) {
