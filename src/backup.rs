@@ -113,6 +113,14 @@ pub enum Error {
     BadName(String),
     #[error("the backup was aborted")]
     Aborted,
+    #[error(
+        "backup {name} was restored and is being served, but the safety backup of the data from before the restore failed: {reason}. That data is kept in database {kept} (the daemon backs it up and drops it at its next start)"
+    )]
+    SafetyBackup {
+        name: String,
+        kept: String,
+        reason: String,
+    },
 }
 
 fn db(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
@@ -353,6 +361,40 @@ pub struct Target<'a> {
     pub restore_memory: Option<u64>,
 }
 
+/// Refuses a backup of `client`'s database that could leave less than the
+/// disk reserve free in the store (the database's size is the bound used).
+pub async fn check_room(
+    client: &tokio_postgres::Client,
+    target: &Target<'_>,
+    store: &Store,
+) -> Result<(), Error> {
+    let size: i64 = client
+        .query_one("SELECT pg_database_size(current_database())", &[])
+        .await
+        .map_err(db("measuring the database"))?
+        .get(0);
+    let needed = u64::try_from(size).unwrap_or(0);
+    fsutil::ensure_dir(&store.dir, 0o700).map_err(|source| Error::Io {
+        action: "create",
+        path: store.dir.clone(),
+        source,
+    })?;
+    let free = fsutil::available_bytes(&store.dir).map_err(|source| Error::Io {
+        action: "stat",
+        path: store.dir.clone(),
+        source,
+    })?;
+    if free < needed.saturating_add(target.disk_reserve) {
+        return Err(Error::NoSpace {
+            dir: store.dir.clone(),
+            needed: bytesize::ByteSize(needed),
+            free: bytesize::ByteSize(free),
+            reserve: bytesize::ByteSize(target.disk_reserve),
+        });
+    }
+    Ok(())
+}
+
 /// Set to stop a running backup (daemon shutdown); it then leaves nothing.
 pub type AbortFlag = Arc<AtomicBool>;
 
@@ -381,25 +423,7 @@ pub async fn create(
         .connect(target.database)
         .await
         .map_err(db("connecting to the database to back up"))?;
-    let size: i64 = client
-        .query_one("SELECT pg_database_size(current_database())", &[])
-        .await
-        .map_err(db("measuring the database"))?
-        .get(0);
-    let needed = u64::try_from(size).unwrap_or(0);
-    let free = fsutil::available_bytes(&store.dir).map_err(|source| Error::Io {
-        action: "stat",
-        path: store.dir.clone(),
-        source,
-    })?;
-    if free < needed.saturating_add(target.disk_reserve) {
-        return Err(Error::NoSpace {
-            dir: store.dir.clone(),
-            needed: bytesize::ByteSize(needed),
-            free: bytesize::ByteSize(free),
-            reserve: bytesize::ByteSize(target.disk_reserve),
-        });
-    }
+    check_room(&client, target, store).await?;
 
     // One snapshot for the dump and the row counts, so they agree exactly.
     let tx = client

@@ -1174,9 +1174,7 @@ fn backup_request(
                 .map(json),
             Request::BackupPrune => backups.prune().map(json),
             Request::BackupDrill => backups.drill().await.map(json),
-            Request::Restore { name } => backups.restore(&name, client_progress()).await.map(
-                |r| serde_json::json!({ "restored": r.restored, "safety_backup": r.safety_backup }),
-            ),
+            Request::Restore { name } => backups.restore(&name, client_progress()).await.map(json),
         };
         let _ = reply.send(answer.map_err(|e| format!("{:#}", anyhow::Error::from(e))));
     });

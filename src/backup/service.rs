@@ -264,13 +264,21 @@ impl Backups {
     /// Restores backup `name` over the live database.
     ///
     /// Order: verify the backup (nothing touched if it is bad or too new)
-    /// while decompressing it to a temporary file → maintenance mode → at the
-    /// same time, a safety backup of the current data and `pg_restore -j`
-    /// (one job per core) into a fresh database → migrate it forward → swap
-    /// it in → leave maintenance → drop the replaced one. Without room for
-    /// the decompressed copy the restore streams into one session instead.
-    /// A failure at any step (the safety backup's included) leaves the
-    /// previous database in place and leaves maintenance.
+    /// while decompressing it to a temporary file, and check there is room
+    /// for the safety backup → maintenance mode → `pg_restore -j` (one job
+    /// per core) into a fresh database → migrate it forward → swap it in,
+    /// the current database kept aside unchanged → leave maintenance → the
+    /// safety backup, taken from the database kept aside → drop that one.
+    /// Without room for the decompressed copy the restore streams into one
+    /// session instead.
+    ///
+    /// The data from before the restore is frozen first (maintenance: no
+    /// write lands after it; the swap only renames) and never changed; it is
+    /// written to the safety backup while the restored data is served, so
+    /// the API waits for the restore only, not for a dump as well. A failure
+    /// before the swap leaves the previous database in place; a failed
+    /// safety backup keeps the database aside (reported, and backed up by
+    /// [`Backups::recover`] at the next start).
     pub async fn restore(
         &self,
         name: &str,
@@ -296,51 +304,43 @@ impl Backups {
         name: &str,
         progress: pipeline::Progress,
     ) -> Result<RestoreReport, Error> {
+        let started = std::time::Instant::now();
         let target = self.target();
         let store = self.store();
         // Checks the backup (nothing is touched if it is bad or too new) and
         // decompresses it for a parallel restore, before maintenance.
         let prepared = super::prepare_restore(&target, &store, name, progress).await?;
-        // Maintenance first: no write can land between the safety backup's
-        // snapshot and the swap (it would be in neither). The current
-        // database stays untouched until the swap, so the safety backup of it
-        // and the restore into a fresh database run side by side.
+        // The safety backup is written after the swap: find out now whether
+        // it fits, while nothing has changed.
+        {
+            let (client, conn) = self
+                .access
+                .connect(&self.database)
+                .await
+                .map_err(|source| Error::Database {
+                    step: "connecting to the current database",
+                    source,
+                })?;
+            let room = super::check_room(&client, &target, &store).await;
+            drop(client);
+            let _ = conn.await;
+            room?;
+        }
         if let Some(health) = &self.health {
             health.set_maintenance(Some(format!("restoring backup {name}")));
         }
         let stamp = OffsetDateTime::now_utc().unix_timestamp();
-        let incoming = format!("{}_restore_{stamp}", self.database);
-        let old = format!("{}_old_{stamp}", self.database);
-        // The safety backup competes with the restore for the cores: zstd
-        // level 1 costs about half the CPU of 3 for ~10 % more size.
-        let mut safety_store = store.clone();
-        safety_store.cfg.compression_level = safety_store.cfg.compression_level.min(1);
-        let (safety, restored) = tokio::join!(
-            super::create(
-                &target,
-                &safety_store,
-                Some("pre-restore"),
-                &self.abort,
-                pipeline::Progress::none(),
-            ),
-            super::load(&target, &prepared, &incoming, pipeline::Progress::none()),
-        );
+        let incoming = format!("{}{RESTORING_INFIX}{stamp}", self.database);
+        let old = format!("{}{REPLACED_INFIX}{stamp}", self.database);
+        let restored = super::load(&target, &prepared, &incoming, pipeline::Progress::none()).await;
         let parallel = prepared.parallel();
         let manifest = prepared.manifest.clone();
         drop(prepared);
-        let safety = match (safety, restored) {
-            (Ok(safety), Ok(())) => safety,
-            (Err(err), _) | (Ok(_), Err(err)) => {
-                let _ = super::drop_database(&self.access, &incoming).await;
-                return Err(err);
-            }
-        };
-        info!(
-            backup = name,
-            safety = safety.name,
-            parallel,
-            "restored into a fresh database; a safety backup of the current data was taken meanwhile"
-        );
+        if let Err(err) = restored {
+            let _ = super::drop_database(&self.access, &incoming).await;
+            return Err(err);
+        }
+        info!(backup = name, parallel, "restored into a fresh database");
         let migrated = self.migrate(&incoming).await;
         if let Err(err) = migrated {
             let _ = super::drop_database(&self.access, &incoming).await;
@@ -355,26 +355,156 @@ impl Backups {
         if let Some(pool) = self.health.as_ref().and_then(|h| h.pool.as_ref()) {
             pool.retain(|_, _| false);
         }
-        // Dropping the replaced database takes seconds on a large one; the
-        // API need not wait in maintenance for it. Without a daemon (no
-        // health to keep), the caller stops postgres next: wait for it.
-        let access = self.access.clone();
-        let drop_old = async move {
-            if let Err(err) = super::drop_database(&access, &old).await {
-                warn!(error = %err, database = old, "could not drop the replaced database; drop it by hand");
-            }
-        };
-        if self.health.is_some() {
-            tokio::spawn(drop_old);
-        } else {
-            drop_old.await;
+        if let Some(health) = &self.health {
+            health.set_maintenance(None);
         }
-        info!(backup = name, "restore complete");
+        let serving_after = started.elapsed();
+        info!(
+            backup = name,
+            ?serving_after,
+            kept = old,
+            "serving the restored data; writing the safety backup of the data from before the restore"
+        );
+        let safety = self
+            .safety_backup(&target, &store, &old)
+            .await
+            .map_err(|err| Error::SafetyBackup {
+                name: name.to_string(),
+                kept: old.clone(),
+                reason: format!("{:#}", anyhow::Error::from(err)),
+            })?;
+        info!(backup = name, safety = safety.name, "restore complete");
         Ok(RestoreReport {
             restored: manifest,
             safety_backup: safety.name,
-            migrated_from: 0,
+            serving_after_ms: u64::try_from(serving_after.as_millis()).unwrap_or(u64::MAX),
+            total_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         })
+    }
+
+    /// Backs up database `kept` (the data from before a restore) as a
+    /// `pre-restore` backup, then drops it.
+    async fn safety_backup(
+        &self,
+        target: &Target<'_>,
+        store: &Store,
+        kept: &str,
+    ) -> Result<Manifest, Error> {
+        let from = Target {
+            database: kept,
+            ..*target
+        };
+        let safety = super::create(
+            &from,
+            store,
+            Some("pre-restore"),
+            &self.abort,
+            pipeline::Progress::none(),
+        )
+        .await?;
+        // Dropping a large database takes seconds; nobody waits for it.
+        // Without a daemon the caller stops postgres next: wait for it then.
+        let access = self.access.clone();
+        let kept = kept.to_string();
+        let drop_kept = async move {
+            if let Err(err) = super::drop_database(&access, &kept).await {
+                warn!(error = %err, database = kept, "could not drop the replaced database; drop it by hand");
+            }
+        };
+        if self.health.is_some() {
+            tokio::spawn(drop_kept);
+        } else {
+            drop_kept.await;
+        }
+        Ok(safety)
+    }
+
+    /// Finishes what a restore interrupted by a crash or a stop left: a
+    /// database set aside by the swap is backed up (`pre-restore`) and
+    /// dropped; a half-restored one is dropped (the live one was never
+    /// replaced). Run once at start, before anything else takes a backup.
+    pub async fn recover(&self) -> Result<(), Error> {
+        if self.access.external().is_some() {
+            return Ok(());
+        }
+        // Looked for without the lock: a start with nothing to finish must
+        // not make an early `backup create` wait or fail.
+        let left = self.left_by_restores().await?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        let _guard = self.begin("restore recovery")?;
+        let result = self.recover_locked(left).await;
+        self.end();
+        result
+    }
+
+    /// Databases named like the ones a restore makes (`…_restore_<time>`)
+    /// or sets aside (`…_old_<time>`); the flag says set aside.
+    async fn left_by_restores(&self) -> Result<Vec<(String, bool)>, Error> {
+        let (client, conn) =
+            self.access
+                .connect("postgres")
+                .await
+                .map_err(|source| Error::Database {
+                    step: "connecting to postgres",
+                    source,
+                })?;
+        let rows = client
+            .query(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, $1) ORDER BY datname",
+                &[&format!("{}_", self.database)],
+            )
+            .await
+            .map_err(|source| Error::Database {
+                step: "listing databases",
+                source,
+            });
+        drop(client);
+        let _ = conn.await;
+        let mut left = Vec::new();
+        for row in rows? {
+            let name: String = row.get(0);
+            let rest = name
+                .strip_prefix(self.database.as_str())
+                .unwrap_or_default();
+            let stamped = |infix: &str| {
+                rest.strip_prefix(infix)
+                    .is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            };
+            if stamped(RESTORING_INFIX) {
+                left.push((name, false));
+            } else if stamped(REPLACED_INFIX) {
+                left.push((name, true));
+            }
+        }
+        Ok(left)
+    }
+
+    async fn recover_locked(&self, left: Vec<(String, bool)>) -> Result<(), Error> {
+        let target = self.target();
+        let store = self.store();
+        for (name, set_aside) in left {
+            if set_aside {
+                warn!(
+                    database = name,
+                    "a restore was interrupted before its safety backup was written; writing it now"
+                );
+                let safety = self.safety_backup(&target, &store, &name).await?;
+                info!(
+                    database = name,
+                    safety = safety.name,
+                    "safety backup written"
+                );
+            } else {
+                warn!(
+                    database = name,
+                    "dropping a half-restored database left by an interrupted restore"
+                );
+                super::drop_database(&self.access, &name).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn migrate(&self, database: &str) -> Result<(), Error> {
@@ -398,9 +528,19 @@ impl Backups {
     }
 }
 
-#[derive(Debug, Clone)]
+/// What `restore` did; sent to the CLI as JSON.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct RestoreReport {
     pub restored: Manifest,
+    /// The backup of the data from before the restore.
     pub safety_backup: String,
-    pub migrated_from: i64,
+    /// From the request to the API serving the restored data.
+    pub serving_after_ms: u64,
+    /// Until the safety backup was written as well.
+    pub total_ms: u64,
 }
+
+/// `<database><infix><unix time>`: the database a restore fills, and the one
+/// the swap sets aside (kept until the safety backup of it is written).
+const RESTORING_INFIX: &str = "_restore_";
+const REPLACED_INFIX: &str = "_old_";

@@ -247,8 +247,7 @@ pub async fn restore(loaded: Loaded, name: String, yes: bool) -> Result<ExitCode
                 .restore(&name, progress(bar.as_ref()))
                 .await;
             session.close().await?;
-            let report = result?;
-            serde_json::json!({ "restored": report.restored, "safety_backup": report.safety_backup })
+            serde_json::to_value(result?)?
         }
         Err(control::Error::Refused(reason)) => bail!("{reason}"),
         Err(err) => return Err(err.into()),
@@ -256,9 +255,15 @@ pub async fn restore(loaded: Loaded, name: String, yes: bool) -> Result<ExitCode
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    let seconds = |key: &str| value[key].as_f64().unwrap_or(0.0) / 1000.0;
     println!(
-        "restored {name}; the data before the restore is in backup {}",
-        value["safety_backup"].as_str().unwrap_or("?")
+        "restored {name}; serving it again after {:.1} s",
+        seconds("serving_after_ms")
+    );
+    println!(
+        "the data before the restore is in backup {} (written {:.1} s later)",
+        value["safety_backup"].as_str().unwrap_or("?"),
+        seconds("total_ms") - seconds("serving_after_ms")
     );
     Ok(ExitCode::SUCCESS)
 }

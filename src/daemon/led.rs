@@ -1,6 +1,7 @@
 //! Jobs that run once across instances, on the leader only (embedded: the
-//! one daemon always leads): the catch-up of missed scheduled runs when an
-//! instance starts leading, and audit pruning.
+//! one daemon always leads): when an instance starts leading, finishing an
+//! interrupted restore and the catch-up of missed scheduled runs; audit
+//! pruning.
 //!
 //! Whether a run was missed is decided from `ops.job_runs`
 //! ([`database::jobs`]), which every leader sees, and, for backups, also
@@ -32,6 +33,11 @@ pub(super) fn catch_up(access: &Access, backups: &Arc<Backups>, config: &Config)
         .flatten();
     let keep_days = config.audit.keep_days;
     tokio::spawn(async move {
+        // First what a crash left halfway: the data from before an
+        // interrupted restore gets its safety backup.
+        if let Err(err) = backups.recover().await {
+            warn!(error = %err, "cannot finish an interrupted restore");
+        }
         if let Some(schedule) = backup {
             let local = backups.history().last_success.map(|m| m.created_at);
             if missed(&access, &database, jobs::BACKUP, &schedule, local).await {

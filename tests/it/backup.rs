@@ -52,7 +52,8 @@ fn backup_change_restore_gives_back_exactly_the_backed_up_state() {
     for i in 0..5 {
         crm.customer(&crm.owner, &format!("Later {i}"));
     }
-    assert_ne!(fingerprint(&crm.data), before);
+    let changed = fingerprint(&crm.data);
+    assert_ne!(changed, before);
 
     let out = ok_stdout(&crm.data.cli(&["restore", &name, "--yes"]));
     assert!(out.contains("pre-restore"), "{out}");
@@ -77,12 +78,90 @@ fn backup_change_restore_gives_back_exactly_the_backed_up_state() {
         .expect(200)
         .body;
     assert_eq!(list["items"].as_array().expect("items").len(), 25);
-    // And the safety backup holds the state from just before the restore.
-    assert!(backups(&crm.data).iter().any(|b| {
-        b["name"]
-            .as_str()
-            .is_some_and(|n| n.ends_with("-pre-restore"))
-    }));
+    assert!(out.contains("serving it again after"), "{out}");
+    // And the safety backup holds the state from just before the restore
+    // (written from the database the swap set aside, which is then dropped).
+    let safety = out
+        .split("in backup ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the safety backup's name")
+        .to_string();
+    assert!(safety.ends_with("-pre-restore"), "{out}");
+    let out = ok_stdout(&crm.data.cli(&["restore", &safety, "--yes"]));
+    assert!(out.contains("pre-restore"), "{out}");
+    assert_eq!(
+        fingerprint(&crm.data),
+        changed,
+        "the safety backup holds the data from before the restore"
+    );
+    // The set-aside database is dropped in the background.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while databases_aside(&crm.data) != "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a database is left aside"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How many databases a restore made or set aside still exist.
+fn databases_aside(data: &DataDir) -> String {
+    sql(
+        data,
+        "SELECT count(*) FROM pg_database WHERE datname LIKE 'pagodirecto\\_%'",
+    )
+}
+
+/// What a crash between the swap and the safety backup leaves: the data
+/// from before the restore in a database set aside (and, had it crashed
+/// earlier, a half-restored one). The next start backs the first up and
+/// drops both.
+#[test]
+fn a_restore_interrupted_before_its_safety_backup_is_finished_at_the_next_start() {
+    let crm = Crm::start();
+    for i in 0..7 {
+        crm.customer(&crm.owner, &format!("Set aside {i}"));
+    }
+    let Crm { data, daemon, .. } = crm;
+    let before = fingerprint(&data);
+    assert!(daemon.stop().success());
+    for statement in [
+        "CREATE DATABASE pagodirecto_old_1700000000 TEMPLATE pagodirecto",
+        "CREATE DATABASE pagodirecto_restore_1700000001",
+    ] {
+        ok_stdout(&data.cli(&["psql", "--", "-X", "-d", "postgres", "-c", statement]));
+    }
+    let _daemon = data.start();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let safety = loop {
+        let pre_restore = backups(&data).into_iter().find(|b| {
+            b["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("-pre-restore"))
+        });
+        let left = databases_aside(&data);
+        if let Some(backup) = pre_restore
+            && left == "0"
+        {
+            break backup;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not finished: {left} databases left; {:?}",
+            backups(&data)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    // The backup is of the set-aside data (here a copy of the live data).
+    let customers = sql(&data, "SELECT count(*) FROM customers.customers");
+    assert_eq!(
+        safety["tables"]["customers.customers"].to_string(),
+        customers,
+        "{safety}"
+    );
+    assert_eq!(fingerprint(&data), before, "the live data is untouched");
 }
 
 #[test]
