@@ -869,6 +869,10 @@ if [[ $DIAG == 1 ]]; then
         "old restore, median" "$(secs "$LR")" \
         "  gunzip -c (decompression alone)" "$(secs "$D_GUNZIP")" \
         "  psql -f plain.sql (the restore proper, uncompressed)" "$(secs "$D_PSQL")"
+    echo
+    echo "  the last restore, from the daemon's log (when each step ended):"
+    grep -E 'restor|swap|migrat|maintenance|serving|pg_restore|safety' "$DAEMON_LOG" | tail -n 12 |
+        sed -E 's/^([0-9T:.-]+)Z +[A-Z]+ +[a-z_:]+: /    \1 /' | cut -c1-150
     if [[ -n $SLOWEST ]]; then
         echo
         echo "  the slowest statements of that pg_restore (server log; the plain dump runs the same ones):"
