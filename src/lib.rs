@@ -95,8 +95,8 @@
 //!   rustls setup and the reloadable certificate; `http::assets` serves the
 //!   web app (`assets/dist`, embedded at compile time) as the fallback.
 //! - [`control`]: the control socket protocol (server and client).
-//! - [`logging`]: tracing to stderr and daily files, written in batches
-//!   (≤ 50 ms late; warnings at once); reading them back.
+//! - [`logging`]: tracing to stderr and daily files (the per-request access
+//!   lines in batches, ≤ 50 ms late); reading them back.
 //! - [`systemd`]: READY/STATUS/STOPPING/WATCHDOG notifications (no-ops
 //!   outside systemd), and the unit file (`systemd/pagodirecto.service`)
 //!   that the .deb ships and `pagodirecto service install` writes

@@ -7,8 +7,9 @@
 //! Invariants: the log directory holds only our files (tracing-appender's
 //! retention deletes everything matching its prefix there), and the returned
 //! [`Guard`] lives as long as `main`, or buffered lines are lost at exit.
-//! The daemon's lines are written in batches ([`batch`]): at most 50 ms
-//! late, warnings and errors at once.
+//! The daemon's access lines (one per HTTP request, [`ACCESS_TARGET`]) are
+//! written in batches ([`batch`]), at most 50 ms late; every other line at
+//! once, with the batch before it.
 
 use std::io::{self, BufRead as _, Seek as _};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,10 @@ pub const FILE_PREFIX: &str = "pagodirecto";
 pub const FILE_SUFFIX: &str = "log";
 /// The tracing target of lines that come from PostgreSQL.
 pub const POSTGRES_TARGET: &str = "postgres";
+/// The tracing target of the line the edge logs for every HTTP request:
+/// the one kind of line that comes by the thousand, and the only one that
+/// is written in batches.
+pub const ACCESS_TARGET: &str = "access";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -331,6 +331,7 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
     );
     span.in_scope(|| {
         tracing::info!(
+            target: crate::logging::ACCESS_TARGET,
             status = response.status().as_u16(),
             ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "request"

@@ -5,9 +5,10 @@
 //!
 //! Invariants:
 //! - Lines reach every sink in the order they were logged, whole.
-//! - A line is written at most [`DELAY`] after it was logged; `WARN` and
-//!   `ERROR` lines are written before the call that logs them returns, with
-//!   everything logged before them.
+//! - A batched line (target [`super::ACCESS_TARGET`], `INFO` or below) is
+//!   written at most [`DELAY`] after it was logged; any other line is
+//!   written before the call that logs it returns, with everything logged
+//!   before it: the daemon's own events show at once, as before.
 //! - Memory is bounded: past [`HIGH_WATER`] bytes the logging thread writes
 //!   the batch itself (back-pressure, never a dropped line).
 //! - Dropping the [`Batch`] writes what is left and stops the writer thread.
@@ -159,9 +160,10 @@ impl<'a> MakeWriter<'a> for BatchWriter {
     type Writer = Line<'a>;
 
     fn make_writer(&'a self) -> Line<'a> {
+        // No metadata, so no telling it is an access line: at once.
         Line {
             shared: &self.0,
-            urgent: false,
+            urgent: true,
         }
     }
 
@@ -169,7 +171,7 @@ impl<'a> MakeWriter<'a> for BatchWriter {
         Line {
             shared: &self.0,
             // More severe levels compare lower.
-            urgent: *meta.level() <= Level::WARN,
+            urgent: *meta.level() <= Level::WARN || meta.target() != super::ACCESS_TARGET,
         }
     }
 }
@@ -238,6 +240,29 @@ mod tests {
         line(&batch, "info\n", false);
         line(&batch, "warn\n", true);
         assert_eq!(lock(&sink.0).0, b"info\nwarn\n");
+        drop(batch);
+    }
+
+    /// Through a real fmt layer: an event that is not an access line is
+    /// written before `info!` returns, with the access lines before it.
+    #[test]
+    fn only_access_lines_wait_for_a_batch() {
+        let sink = Recorder::default();
+        let batch = Batch::start(vec![Box::new(sink.clone())]).expect("start");
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(batch.writer())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: super::super::ACCESS_TARGET, "request one");
+            tracing::info!("configuration reloaded");
+            let text = String::from_utf8(lock(&sink.0).0.clone()).expect("utf-8");
+            let (access, event) = (
+                text.find("request one"),
+                text.find("configuration reloaded"),
+            );
+            assert!(access.is_some() && access < event, "{text}");
+        });
         drop(batch);
     }
 
