@@ -677,7 +677,8 @@ fn setup_cgroups(config: &Config, paths: &Paths) -> Cgroups {
 }
 
 /// Samples the daemon and its postgres tree (found through the supervisor's
-/// current postmaster pid) until `stop`.
+/// current postmaster pid), and keeps the metrics recorder's memory
+/// bounded, until `stop`.
 fn spawn_sampler(
     samples: &telemetry::Samples,
     paths: &Paths,
@@ -690,6 +691,7 @@ fn spawn_sampler(
         paths.data_dir().to_path_buf(),
         paths.backup_dir().to_path_buf(),
     );
+    tokio::spawn(telemetry::upkeep(telemetry::install(), stop.clone()));
     tokio::spawn(telemetry::sample(
         samples.clone(),
         postmaster,

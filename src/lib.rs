@@ -96,7 +96,7 @@
 //!   web app (`assets/dist`, embedded at compile time) as the fallback.
 //! - [`control`]: the control socket protocol (server and client).
 //! - [`logging`]: tracing to stderr and daily files (the per-request access
-//!   lines in batches, ≤ 50 ms late); reading them back.
+//!   lines to the files only, in batches, ≤ 50 ms late); reading them back.
 //! - [`systemd`]: READY/STATUS/STOPPING/WATCHDOG notifications (no-ops
 //!   outside systemd), and the unit file (`systemd/pagodirecto.service`)
 //!   that the .deb ships and `pagodirecto service install` writes

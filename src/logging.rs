@@ -7,9 +7,10 @@
 //! Invariants: the log directory holds only our files (tracing-appender's
 //! retention deletes everything matching its prefix there), and the returned
 //! [`Guard`] lives as long as `main`, or buffered lines are lost at exit.
-//! The daemon's access lines (one per HTTP request, [`ACCESS_TARGET`]) are
-//! written in batches ([`batch`]), at most 50 ms late; every other line at
-//! once, with the batch before it.
+//! The daemon's access lines (one per HTTP request, [`ACCESS_TARGET`]) go
+//! to the files only (and to stderr when it is a terminal), written in
+//! batches ([`batch`]), at most 50 ms late; every other line goes to both at
+//! once.
 
 use std::io::{self, BufRead as _, Seek as _};
 use std::path::{Path, PathBuf};
@@ -30,8 +31,8 @@ pub const FILE_SUFFIX: &str = "log";
 /// The tracing target of lines that come from PostgreSQL.
 pub const POSTGRES_TARGET: &str = "postgres";
 /// The tracing target of the line the edge logs for every HTTP request:
-/// the one kind of line that comes by the thousand, and the only one that
-/// is written in batches.
+/// the one kind of line that comes by the thousand, the only one written in
+/// batches, and kept out of the journal.
 pub const ACCESS_TARGET: &str = "access";
 
 #[derive(Debug, thiserror::Error)]
@@ -111,20 +112,23 @@ pub fn init(cfg: &LogConfig, files: Option<&Path>) -> Result<Guard, Error> {
                 path: dir.to_path_buf(),
                 source,
             })?;
-        let file: batch::Sink = Box::new(appender);
-        let writer = if stderr_is_tty {
-            // Colours for the terminal, at once; none in the file: formatted twice.
-            layers.push(format_layer(cfg.format, std::io::stderr, true));
-            batch::Batch::start(vec![file])
-        } else {
-            // The same bytes to both (the journal and the file): each line
-            // formatted once. With a line per request, formatting and
-            // writing are a large part of what a request costs.
-            batch::Batch::start(vec![Box::new(std::io::stderr()), file])
-        }
-        .map_err(Error::Thread)?;
+        // Every line goes to the file (access lines in batches).
+        let writer = batch::Batch::start(vec![Box::new(appender)]).map_err(Error::Thread)?;
         layers.push(format_layer(cfg.format, writer.writer(), false));
         guard = Some(writer);
+        if stderr_is_tty {
+            // A terminal shows everything, in colour.
+            layers.push(format_layer(cfg.format, std::io::stderr, true));
+        } else {
+            // The journal gets the daemon's events but not a line per
+            // request: those would double what a request writes, and
+            // journald's rate limit would drop the events among them.
+            layers.push(Box::new(
+                format_layer(cfg.format, std::io::stderr, false).with_filter(
+                    tracing_subscriber::filter::filter_fn(|meta| meta.target() != ACCESS_TARGET),
+                ),
+            ));
+        }
     } else {
         layers.push(format_layer(cfg.format, std::io::stderr, stderr_is_tty));
     }

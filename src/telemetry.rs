@@ -213,6 +213,20 @@ impl Samples {
     }
 }
 
+/// Drains the histograms' recorded values into their buckets every
+/// [`INTERVAL`] until `cancel`. The recorder keeps every value until this
+/// (or a render of `/metrics`) runs: without it, a daemon nobody scrapes
+/// would hold one value per request for ever.
+pub async fn upkeep(handle: PrometheusHandle, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => handle.run_upkeep(),
+            () = cancel.cancelled() => return,
+        }
+    }
+}
+
 /// Samples every [`INTERVAL`] until `cancel`. `postgres_pid` says where the
 /// postmaster is now (it changes on restart); its children are summed in.
 pub async fn sample(
