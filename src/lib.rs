@@ -70,7 +70,8 @@
 //! - [`migrate`]: embedded SQL migrations under an advisory lock.
 //! - [`backup`]: snapshot-consistent dumps through zstd (and age), verified,
 //!   with manifests, retention, drills and restore (parallel `pg_restore -j`
-//!   from a checked, decompressed copy); `backup::schedule` for cron.
+//!   from a checked, decompressed copy; the replaced database kept aside and
+//!   backed up once the restored one serves); `backup::schedule` for cron.
 //! - [`update`]: self-update of a standalone install: the release feed
 //!   (`update::feed`), the signature check against the keys built into the
 //!   binary, the unpacked binary's own `version --json` (`update::verify`),
@@ -82,8 +83,9 @@
 //!   the superuser; the API goes through RLS instead), and audit pruning.
 //! - [`demo`]: the `run --demo` data set, seeded set-based as the superuser.
 //! - [`health`]: readiness checks shared by `/ready` and `status`.
-//! - [`telemetry`]: the Prometheus recorder and the resource sampler (the
-//!   last hour of daemon and postgres memory/CPU and disk free).
+//! - [`telemetry`]: the Prometheus recorder (with its upkeep, and the HTTP
+//!   request series' handles kept by the edge) and the resource sampler
+//!   (the last hour of daemon and postgres memory/CPU and disk free).
 //! - [`http`]: the axum router and server; `http::api::*` one module per
 //!   resource, all through `http::api::Scoped` (the tenant-scoped
 //!   transaction; `Scoped::read` sends a whole read in one round trip) and
