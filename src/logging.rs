@@ -113,7 +113,7 @@ pub fn init(cfg: &LogConfig, files: Option<&Path>) -> Result<Guard, Error> {
                 source,
             })?;
         // Every line goes to the file (access lines in batches).
-        let writer = batch::Batch::start(vec![Box::new(appender)]).map_err(Error::Thread)?;
+        let writer = batch::Batch::start(Box::new(appender)).map_err(Error::Thread)?;
         layers.push(format_layer(cfg.format, writer.writer(), false));
         guard = Some(writer);
         if stderr_is_tty {

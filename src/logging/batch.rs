@@ -26,7 +26,7 @@ pub const DELAY: Duration = Duration::from_millis(50);
 /// Pending bytes beyond which the thread that logs writes the batch itself.
 pub const HIGH_WATER: usize = 256 * 1024;
 
-/// Where batches go: stderr, a log file, or both.
+/// Where batches go (the daily log file).
 pub type Sink = Box<dyn Write + Send>;
 
 /// Owns the writer thread; hands out [`BatchWriter`]s for fmt layers.
@@ -40,7 +40,7 @@ struct Shared {
     wake: Condvar,
     /// Held for the whole of a write: batches leave in the order they were
     /// taken from `pending`.
-    sinks: Mutex<Vec<Sink>>,
+    sink: Mutex<Sink>,
 }
 
 #[derive(Default)]
@@ -55,12 +55,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Batch {
-    /// Starts the writer thread for `sinks`.
-    pub fn start(sinks: Vec<Sink>) -> std::io::Result<Batch> {
+    /// Starts the writer thread for `sink`.
+    pub fn start(sink: Sink) -> std::io::Result<Batch> {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
-            sinks: Mutex::new(sinks),
+            sink: Mutex::new(sink),
         });
         let thread = std::thread::Builder::new()
             .name("log-writer".into())
@@ -110,15 +110,13 @@ impl Shared {
 
     /// Writes what is pending, in this thread.
     fn write_pending(&self) {
-        let mut sinks = lock(&self.sinks);
+        let mut sink = lock(&self.sink);
         let bytes = std::mem::take(&mut lock(&self.pending).bytes);
         if bytes.is_empty() {
             return;
         }
-        for sink in sinks.iter_mut() {
-            // Nowhere to report a failed log write; the next batch tries again.
-            let _ = sink.write_all(&bytes).and_then(|()| sink.flush());
-        }
+        // Nowhere to report a failed log write; the next batch tries again.
+        let _ = sink.write_all(&bytes).and_then(|()| sink.flush());
     }
 
     /// The writer thread: sleeps while nothing is pending, then lets a batch
@@ -218,25 +216,23 @@ mod tests {
 
     #[test]
     fn lines_are_written_together_in_order_and_all_of_them_by_drop() {
-        let (a, b) = (Recorder::default(), Recorder::default());
-        let batch = Batch::start(vec![Box::new(a.clone()), Box::new(b.clone())]).expect("start");
+        let sink = Recorder::default();
+        let batch = Batch::start(Box::new(sink.clone())).expect("start");
         let lines: Vec<String> = (0..1000).map(|i| format!("line {i}\n")).collect();
         for text in &lines {
             line(&batch, text, false);
         }
         let expected = lines.concat();
         drop(batch);
-        for sink in [a, b] {
-            let (bytes, writes) = lock(&sink.0).clone();
-            assert_eq!(String::from_utf8(bytes).expect("utf-8"), expected);
-            assert!(writes < 100, "{writes} writes for 1000 lines");
-        }
+        let (bytes, writes) = lock(&sink.0).clone();
+        assert_eq!(String::from_utf8(bytes).expect("utf-8"), expected);
+        assert!(writes < 100, "{writes} writes for 1000 lines");
     }
 
     #[test]
     fn a_warning_is_written_before_the_call_returns_with_what_came_before() {
         let sink = Recorder::default();
-        let batch = Batch::start(vec![Box::new(sink.clone())]).expect("start");
+        let batch = Batch::start(Box::new(sink.clone())).expect("start");
         line(&batch, "info\n", false);
         line(&batch, "warn\n", true);
         assert_eq!(lock(&sink.0).0, b"info\nwarn\n");
@@ -248,7 +244,7 @@ mod tests {
     #[test]
     fn only_access_lines_wait_for_a_batch() {
         let sink = Recorder::default();
-        let batch = Batch::start(vec![Box::new(sink.clone())]).expect("start");
+        let batch = Batch::start(Box::new(sink.clone())).expect("start");
         let subscriber = tracing_subscriber::fmt()
             .with_writer(batch.writer())
             .with_ansi(false)
@@ -269,7 +265,7 @@ mod tests {
     #[test]
     fn a_quiet_line_is_written_after_the_delay_without_a_drop() {
         let sink = Recorder::default();
-        let batch = Batch::start(vec![Box::new(sink.clone())]).expect("start");
+        let batch = Batch::start(Box::new(sink.clone())).expect("start");
         line(&batch, "alone\n", false);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while lock(&sink.0).0.is_empty() {
@@ -283,7 +279,7 @@ mod tests {
     #[test]
     fn past_the_high_water_mark_the_logging_thread_writes_itself() {
         let sink = Recorder::default();
-        let batch = Batch::start(vec![Box::new(sink.clone())]).expect("start");
+        let batch = Batch::start(Box::new(sink.clone())).expect("start");
         let big = "x".repeat(HIGH_WATER);
         line(&batch, &big, false);
         assert_eq!(lock(&sink.0).0.len(), HIGH_WATER);
