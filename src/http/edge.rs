@@ -1,8 +1,8 @@
 //! The HTTP edge, in process: what the old stack's nginx proxy did in front
 //! of the API — a request id on every request and log line, per-client rate
-//! limits on the API, CORS for the configured origins, a body size limit, a concurrency
-//! limit that sheds load instead of queueing, a request timeout, and security
-//! headers (HSTS with TLS) on every response.
+//! limits on the API, CORS for the configured origins, a body size limit, a
+//! concurrency limit that sheds load (never the probes) instead of queueing,
+//! a request timeout, and security headers (HSTS with TLS) on every response.
 //!
 //! One middleware ([`edge`]) so the order is explicit: id → log span →
 //! rate limit → CORS preflight → body limit → concurrency → timeout →
@@ -303,8 +303,7 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
         }
         // Shed, don't queue: past the limit a request gets 503 at once, so a
         // burst cannot pile up latency for everyone.
-        let permit = limits.in_flight.try_acquire();
-        let Ok(_permit) = permit else {
+        let Ok(_permit) = limits.in_flight.try_acquire() else {
             if is_probe(&path) {
                 // Monitoring must see the daemon as it is, not as shed.
                 return run_with_timeout(next, req, limits.timeout).await;
