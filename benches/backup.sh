@@ -18,6 +18,10 @@
 #                   time goes (including zstd -dc to a copy and pg_restore -j
 #                   of it, the restore proper), and one what-if (pg_restore
 #                   with lz4 TOAST compression); adds ~2 minutes
+#   HOLD=FILE       after generating the data, write how to reach the daemon
+#                   and its postgres (shell variables) to FILE and wait until
+#                   FILE is deleted (at most 2 hours), then measure as usual:
+#                   for experiments on the generated data by hand
 #
 # What is measured (each RUNS times, ours and the old stack alternating, after
 # a `sync` and a CHECKPOINT so that no step pays for the previous one's writes,
@@ -602,6 +606,20 @@ TEXT_MIB=$(sql "$DB" "SELECT round((coalesce((SELECT sum(length(notes)) FROM cus
 AUDIT_MIB=$(sql "$DB" "SELECT round(pg_total_relation_size('audit.events') / 1048576.0)")
 log "  database: $DB_MIB MiB (pg_database_size); $TEXT_MIB MiB of notes and activity bodies; audit.events $AUDIT_MIB MiB"
 ((DB_MIB >= MIN_DB_MB)) || die "the database is only $DB_MIB MiB (< MIN_DB_MB=$MIN_DB_MB): raise SCALE"
+
+if [[ -n ${HOLD:-} ]]; then
+    {
+        printf 'PD_BIN=%q\nCONFIG=%q\nDATA=%q\nDB=%q\nPG_BIN=%q\n' "$PD_BIN" "$CONFIG" "$DATA" "$DB" "$PG_BIN"
+        printf 'export PGHOST=%q PGPORT=%q PGUSER=postgres PGPASSFILE=%q\n' "$SOCK" "$PGPORT_" "$PASSFILE"
+    } >"$HOLD" || die "cannot write HOLD=$HOLD"
+    log "holding: the daemon and its data are described in $HOLD; delete it to go on"
+    for ((i = 0; i < 7200; i++)); do
+        [[ -e $HOLD ]] || break
+        alive "$DAEMON_PID" || daemon_died "the daemon exited while holding"
+        sleep 1
+    done
+    rm -f -- "$HOLD"
+fi
 
 # ---------------------------------------------------------------------------
 # Measurements

@@ -70,8 +70,10 @@
 //! - [`migrate`]: embedded SQL migrations under an advisory lock.
 //! - [`backup`]: snapshot-consistent dumps through zstd (and age), verified,
 //!   with manifests, retention, drills and restore (parallel `pg_restore -j`
-//!   from a checked, decompressed copy; the replaced database kept aside and
-//!   backed up once the restored one serves); `backup::schedule` for cron.
+//!   from a checked, decompressed copy whose table of contents
+//!   `backup::archive` completes with the data offsets, so the largest
+//!   tables start first; the replaced database kept aside and backed up
+//!   once the restored one serves); `backup::schedule` for cron.
 //! - [`update`]: self-update of a standalone install: the release feed
 //!   (`update::feed`), the signature check against the keys built into the
 //!   binary, the unpacked binary's own `version --json` (`update::verify`),

@@ -65,6 +65,11 @@ fn backup_change_restore_gives_back_exactly_the_backed_up_state() {
     // It ran in parallel from a decompressed copy, which is gone afterwards.
     let log = crm.daemon.log();
     assert!(log.contains("pg_restore -j done"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("data offsets in the table of contents") && !l.contains("added=0")),
+        "{log}"
+    );
     let copies = path.parent().expect("backup dir").join(".restore");
     assert_eq!(
         std::fs::read_dir(&copies).map_or(0, Iterator::count),
@@ -169,44 +174,121 @@ fn a_backup_file_is_readable_by_stock_pg_restore() {
     let crm = Crm::start();
     crm.customer(&crm.owner, "Stock tools");
     let (_, path) = create(&crm.data, "stock");
-    // zstd -dc FILE | pg_restore: decompress with the zstd library here, so the
-    // test needs no zstd binary, then hand the plain dump to stock pg_restore.
-    let dump = crm.data.path().join("plain.dump");
-    let mut decoder = zstd::Decoder::new(std::fs::File::open(&path).expect("open")).expect("zstd");
+    let dump = decompressed(&crm.data, &path, "plain.dump");
+    let out = stock_pg_restore(&crm.data, "plain", &["--no-owner"], &dump);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let count = sql_in(&crm.data, "plain", "SELECT name FROM customers.customers");
+    assert_eq!(count, "Stock tools");
+}
+
+/// `zstd -dc FILE > OUT`, with the zstd library, so the tests need no zstd binary.
+fn decompressed(data: &DataDir, backup: &Path, out: &str) -> PathBuf {
+    let dump = data.path().join(out);
+    let mut decoder = zstd::Decoder::new(std::fs::File::open(backup).expect("open")).expect("zstd");
     std::io::copy(
         &mut decoder,
         &mut std::fs::File::create(&dump).expect("create"),
     )
     .expect("decompress");
-    sql(&crm.data, "CREATE DATABASE plain");
-    let password =
-        std::fs::read_to_string(crm.data.path().join("secrets/postgres-superuser.password"))
-            .expect("pw");
-    let status = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_restore")
-        .args(["--dbname", "plain", "--no-owner", "--exit-on-error"])
-        .arg(&dump)
-        .env("PGHOST", crm.data.path().join("run/postgres"))
+    dump
+}
+
+/// Debian's own pg_restore, as the superuser over the daemon's socket, into
+/// a new database `into`.
+fn stock_pg_restore(
+    data: &DataDir,
+    into: &str,
+    args: &[&str],
+    dump: &Path,
+) -> std::process::Output {
+    sql(data, &format!("CREATE DATABASE {into}"));
+    let password = std::fs::read_to_string(data.path().join("secrets/postgres-superuser.password"))
+        .expect("pw");
+    std::process::Command::new("/usr/lib/postgresql/15/bin/pg_restore")
+        .args(["--dbname", into, "--exit-on-error"])
+        .args(args)
+        .arg(dump)
+        .env("PGHOST", data.path().join("run/postgres"))
         .env("PGUSER", "postgres")
         .env("PGPASSWORD", password.trim())
         .output()
-        .expect("pg_restore");
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
+        .expect("pg_restore")
+}
+
+fn sql_in(data: &DataDir, database: &str, query: &str) -> String {
+    ok_stdout(&data.cli(&["psql", "--", "-X", "-A", "-t", "-d", database, "-c", query]))
+        .trim()
+        .to_string()
+}
+
+/// Our archives are written to a pipe, so pg_dump could not record where
+/// each table's data starts, and `pg_restore -j` starts the tables in dump
+/// order: the audit log, created last and the largest, last of all. The
+/// restore adds the offsets to its decompressed copy; stock `pg_restore -j`
+/// then starts the largest table first and restores the same data.
+#[test]
+fn with_the_data_offsets_added_pg_restore_starts_the_largest_table_first() {
+    let crm = Crm::start();
+    for i in 0..40 {
+        crm.customer(&crm.owner, &format!("Customer {i} with a longer name"));
+    }
+    // The audit log is the largest table, as in service.
+    assert_eq!(
+        sql(
+            &crm.data,
+            "SELECT c.oid::regclass FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             ORDER BY pg_relation_size(c.oid) DESC, c.oid LIMIT 1"
+        ),
+        "audit.events"
     );
-    let count = ok_stdout(&crm.data.cli(&[
-        "psql",
-        "--",
-        "-X",
-        "-A",
-        "-t",
-        "-d",
-        "plain",
-        "-c",
-        "SELECT name FROM customers.customers",
-    ]));
-    assert_eq!(count.trim(), "Stock tools");
+    let (_, path) = create(&crm.data, "ordered");
+    let first_data = |dump: &Path, into: &str| {
+        let out = stock_pg_restore(&crm.data, into, &["--jobs=2", "--verbose"], dump);
+        let log = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{log}");
+        assert_eq!(
+            sql_in(&crm.data, into, "SELECT count(*) FROM customers.customers"),
+            "40"
+        );
+        // "pg_restore: launching item 3705 TABLE DATA events": the tag is the table's name.
+        log.lines()
+            .filter(|line| line.contains("launching item"))
+            .find_map(|line| {
+                line.split_once(" TABLE DATA ")
+                    .map(|(_, table)| table.to_string())
+            })
+            .unwrap_or_else(|| panic!("no table data launched: {log}"))
+    };
+    let as_written = decompressed(&crm.data, &path, "as-written.dump");
+    assert!(
+        first_data(&as_written, "as_written") != "events",
+        "without offsets pg_restore goes in dump order"
+    );
+    let with_offsets = decompressed(&crm.data, &path, "with-offsets.dump");
+    let offsets = pagodirecto::backup::archive::add_data_offsets(&with_offsets).expect("offsets");
+    assert!(offsets.added >= 10, "{offsets:?}");
+    assert_eq!(offsets.present, 0);
+    assert!(
+        first_data(&with_offsets, "with_offsets") == "events",
+        "the largest table first"
+    );
+    assert_eq!(
+        sql_in(
+            &crm.data,
+            "as_written",
+            "SELECT md5(string_agg(e::text, ',' ORDER BY id)) FROM audit.events e"
+        ),
+        sql_in(
+            &crm.data,
+            "with_offsets",
+            "SELECT md5(string_agg(e::text, ',' ORDER BY id)) FROM audit.events e"
+        ),
+    );
 }
 
 fn age_keys(dir: &Path, file: &str) -> (String, PathBuf) {
