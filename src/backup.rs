@@ -878,8 +878,13 @@ pub async fn load(
         let output = tokio::process::Command::from(restore)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
-            .output()
-            .await;
+            .output();
+        let output = tokio::select! {
+            output = output => output,
+            () = report_copy_progress(target.access, into, copy_size(copy), &progress) => {
+                unreachable!("reports until the restore ends")
+            }
+        };
         match output {
             Ok(out) if out.status.success() => {
                 info!(
@@ -935,6 +940,55 @@ pub async fn load(
     result
 }
 
+fn copy_size(copy: &TempFile) -> u64 {
+    std::fs::metadata(&copy.0).map_or(0, |m| m.len())
+}
+
+/// While `pg_restore -j` loads database `into`, reports to `progress`
+/// `base` (what the steps before counted: the decompressed copy) plus the
+/// bytes its `COPY`s have read so far (`pg_stat_progress_copy`, polled
+/// twice a second; a table's count is kept once its `COPY` ends), so the
+/// count keeps rising through the restore proper. Never returns: the
+/// caller drops it when the restore ends; without a connection it reports
+/// nothing more.
+async fn report_copy_progress(
+    access: &Access,
+    into: &str,
+    base: u64,
+    progress: &pipeline::Progress,
+) {
+    if progress.is_wanted()
+        && let Ok((client, conn)) = access.connect("postgres").await
+    {
+        let _conn = tokio::spawn(conn);
+        let mut copied: BTreeMap<i64, i64> = BTreeMap::new();
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let Ok(rows) = client
+                .query(
+                    "SELECT relid::oid::int8, bytes_processed FROM pg_stat_progress_copy WHERE datname = $1",
+                    &[&into],
+                )
+                .await
+            else {
+                break;
+            };
+            for row in rows {
+                let (relid, bytes): (i64, i64) = (row.get(0), row.get(1));
+                let seen = copied.entry(relid).or_default();
+                *seen = (*seen).max(bytes);
+            }
+            let restored: u64 = copied
+                .values()
+                .map(|&b| u64::try_from(b).unwrap_or(0))
+                .sum();
+            progress.report(base + restored);
+        }
+    }
+    std::future::pending::<()>().await;
+}
+
 /// Restores backup `name` into a new database `into` (which must not
 /// exist): it either holds the whole backup or is dropped.
 pub async fn restore_into(
@@ -944,8 +998,8 @@ pub async fn restore_into(
     into: &str,
     progress: pipeline::Progress,
 ) -> Result<Manifest, Error> {
-    let prepared = prepare_restore(target, store, name, progress).await?;
-    load(target, &prepared, into, pipeline::Progress::none()).await?;
+    let prepared = prepare_restore(target, store, name, progress.clone()).await?;
+    load(target, &prepared, into, progress).await?;
     Ok(prepared.manifest)
 }
 

@@ -17,8 +17,10 @@ use sha2::{Digest as _, Sha256};
 
 use super::Error;
 
-/// Reports bytes processed so far (for a progress bar), or nothing.
-pub struct Progress(Option<Box<dyn Fn(u64) + Send>>);
+/// Reports bytes processed so far (for a progress bar), or nothing. A
+/// clone reports to the same place (a restore's steps each count theirs).
+#[derive(Clone)]
+pub struct Progress(Option<std::sync::Arc<dyn Fn(u64) + Send + Sync>>);
 
 impl Progress {
     #[must_use]
@@ -26,11 +28,16 @@ impl Progress {
         Self(None)
     }
 
-    pub fn new(report: impl Fn(u64) + Send + 'static) -> Self {
-        Self(Some(Box::new(report)))
+    pub fn new(report: impl Fn(u64) + Send + Sync + 'static) -> Self {
+        Self(Some(std::sync::Arc::new(report)))
     }
 
-    fn report(&self, bytes: u64) {
+    #[must_use]
+    pub fn is_wanted(&self) -> bool {
+        self.0.is_some()
+    }
+
+    pub fn report(&self, bytes: u64) {
         if let Some(report) = &self.0 {
             report(bytes);
         }

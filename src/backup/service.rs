@@ -309,7 +309,7 @@ impl Backups {
         let store = self.store();
         // Checks the backup (nothing is touched if it is bad or too new) and
         // decompresses it for a parallel restore, before maintenance.
-        let prepared = super::prepare_restore(&target, &store, name, progress).await?;
+        let prepared = super::prepare_restore(&target, &store, name, progress.clone()).await?;
         // The safety backup is written after the swap: find out now whether
         // it fits, while nothing has changed.
         {
@@ -332,7 +332,7 @@ impl Backups {
         let stamp = OffsetDateTime::now_utc().unix_timestamp();
         let incoming = format!("{}{RESTORING_INFIX}{stamp}", self.database);
         let old = format!("{}{REPLACED_INFIX}{stamp}", self.database);
-        let restored = super::load(&target, &prepared, &incoming, pipeline::Progress::none()).await;
+        let restored = super::load(&target, &prepared, &incoming, progress).await;
         let parallel = prepared.parallel();
         let manifest = prepared.manifest.clone();
         drop(prepared);

@@ -634,6 +634,44 @@ fn the_daemon_streams_progress_to_clients_that_ask_and_only_to_them() {
     assert_eq!(plain[0]["ok"]["name"], json!(name));
 }
 
+/// A restore's progress keeps rising while `pg_restore -j` loads the
+/// tables, after the decompression counted the copy's bytes.
+#[test]
+fn a_restore_reports_progress_through_the_load_itself() {
+    let crm = Crm::start();
+    crm.customer(&crm.owner, "Progressive");
+    // ~150 MB of audit rows: their COPY takes a few of the 0.5 s polls.
+    sql(
+        &crm.data,
+        "INSERT INTO audit.events (tenant_id, action, entity, entity_id, after) \
+         SELECT t.id, 'create', 'customers.customers', gen_random_uuid(), \
+                jsonb_build_object('n', g, 'notes', repeat(md5(g::text), 12)) \
+         FROM tenancy.tenants t, generate_series(1, 250000) g",
+    );
+    let (name, path) = create(&crm.data, "progress");
+    let copy_size = {
+        let mut decoder =
+            zstd::Decoder::new(std::fs::File::open(&path).expect("open")).expect("zstd");
+        std::io::copy(&mut decoder, &mut std::io::sink()).expect("decompress")
+    };
+    let lines = control_lines(
+        &crm.data,
+        &format!(r#"{{"cmd":"restore","name":"{name}","progress":true}}"#),
+    );
+    let (answer, progress) = lines.split_last().expect("lines");
+    assert!(answer.get("ok").is_some(), "{answer}");
+    let bytes: Vec<u64> = progress
+        .iter()
+        .map(|p| p["progress"]["bytes"].as_u64().expect("bytes"))
+        .collect();
+    assert!(bytes.windows(2).all(|w| w[0] <= w[1]), "{bytes:?}");
+    let during_load = bytes.iter().filter(|&&b| b > copy_size).count();
+    assert!(
+        during_load >= 2,
+        "reports past the copy's {copy_size} bytes: {bytes:?}"
+    );
+}
+
 #[test]
 fn without_room_for_a_decompressed_copy_a_restore_streams_instead() {
     let crm = Crm::start();
