@@ -880,7 +880,7 @@ if [[ $DIAG == 1 ]]; then
         "  check + decompress the backup to a copy (as zstd -dc > copy)" "$(secs "$D_UNZST")" \
         "  until serving again (median)" "$(secs "$OV")" \
         "  safety backup afterwards (its manifest's duration, median)" "$(secs "$SF")" \
-        "  pg_restore -j of the copy (the restore proper; alone)" "$(secs "$D_PGRESTORE_J")" \
+        "  pg_restore -j of a zstd -dc copy (no data offsets: dump order)" "$(secs "$D_PGRESTORE_J")" \
         "  (before: zstd -dc | pg_restore --single-transaction)" "$(secs "$D_PGRESTORE")" \
         "    (what-if: the same with default_toast_compression=lz4)" "$(secs "$D_PGRESTORE_LZ4")" \
         "  DROP DATABASE of the replaced one (after leaving maintenance)" "$(secs "$D_DROP")" \
