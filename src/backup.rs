@@ -1098,13 +1098,18 @@ pub async fn drop_database(access: &Access, name: &str) -> Result<(), Error> {
 
 /// Swaps database `restored` in for `live`: the old one is kept as `old`
 /// until the caller drops it, so a failure afterwards can swap back.
+///
+/// Both renames are one transaction (`ALTER DATABASE … RENAME` may run in
+/// one): a crash or a failure leaves either both done or neither, never a
+/// moment without a database named `live` (at the next start the daemon
+/// would create an empty one in its place).
 pub async fn swap_databases(
     access: &Access,
     live: &str,
     restored: &str,
     old: &str,
 ) -> Result<(), Error> {
-    let (client, conn) = access
+    let (mut client, conn) = access
         .connect("postgres")
         .await
         .map_err(db("connecting to postgres"))?;
@@ -1113,38 +1118,31 @@ pub async fn swap_databases(
         .execute(terminate, &[&live])
         .await
         .map_err(db("disconnecting clients"))?;
-    client
-        .batch_execute(&format!(
+    let swapped = async {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("starting the swap"))?;
+        tx.batch_execute(&format!(
             "ALTER DATABASE {} RENAME TO {}",
             quote_ident(live),
             quote_ident(old)
         ))
         .await
         .map_err(db("moving the current database aside"))?;
-    if let Err(source) = client
-        .batch_execute(&format!(
+        tx.batch_execute(&format!(
             "ALTER DATABASE {} RENAME TO {}",
             quote_ident(restored),
             quote_ident(live)
         ))
         .await
-    {
-        // Put the old one back before reporting.
-        let _ = client
-            .batch_execute(&format!(
-                "ALTER DATABASE {} RENAME TO {}",
-                quote_ident(old),
-                quote_ident(live)
-            ))
-            .await;
-        return Err(Error::Database {
-            step: "moving the restored database in",
-            source,
-        });
+        .map_err(db("moving the restored database in"))?;
+        tx.commit().await.map_err(db("committing the swap"))
     }
+    .await;
     drop(client);
     let _ = conn.await;
-    Ok(())
+    swapped
 }
 
 #[cfg(test)]
