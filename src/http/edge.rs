@@ -4,7 +4,7 @@
 //! concurrency limit that sheds load (never the probes) instead of queueing,
 //! a request timeout, and security headers (HSTS with TLS) on every response.
 //!
-//! One middleware ([`edge`]) so the order is explicit: id → log span →
+//! One middleware ([`edge`]) so the order is explicit: id → log span (API) →
 //! rate limit → CORS preflight → body limit → concurrency → timeout →
 //! handler → headers. Everything it enforces comes from `[server]` and is
 //! replaced by [`Edge::update`] on a config reload.
@@ -270,14 +270,24 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let matched = req.extensions().get::<MatchedPath>().cloned();
-    let span = tracing::info_span!("request", request_id = %id.to_str().unwrap_or(""), method = %req.method(), path = %path);
+    let api = is_rate_limited(&path);
+    // What an API request logs on its way (database errors, auth failures)
+    // carries its id through this span. The rest (the web app's files, the
+    // probes, /metrics) log nothing but the access line, which names the
+    // request itself: no span for them (creating, formatting and entering
+    // one was a measurable part of serving a small file).
+    let span = if api {
+        tracing::info_span!("request", request_id = %id.to_str().unwrap_or(""), method = %method, path = %path)
+    } else {
+        tracing::Span::none()
+    };
     let started = Instant::now();
     let limits = edge.limits();
     let client = limits.client(&req);
     let origin = limits.allowed_origin(&req);
 
     let mut response = async {
-        if let Some(ip) = client.filter(|_| is_rate_limited(&path)) {
+        if let Some(ip) = client.filter(|_| api) {
             let limiter = if path.starts_with("/api/v1/auth/") {
                 &limits.auth_limiter
             } else {
@@ -318,24 +328,25 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
         };
         run_with_timeout(next, req, limits.timeout).await
     }
-    .instrument(span.clone())
+    .instrument(span)
     .await;
 
-    limits.decorate(response.headers_mut(), id, origin);
+    limits.decorate(response.headers_mut(), id.clone(), origin);
     edge.requests.record(
         route_label(matched.as_ref(), response.status()),
         &method,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
-    span.in_scope(|| {
-        tracing::info!(
-            target: crate::logging::ACCESS_TARGET,
-            status = response.status().as_u16(),
-            ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            "request"
-        );
-    });
+    tracing::info!(
+        target: crate::logging::ACCESS_TARGET,
+        request_id = %id.to_str().unwrap_or(""),
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "request"
+    );
     response
 }
 
