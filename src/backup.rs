@@ -967,7 +967,7 @@ async fn report_copy_progress(
             tick.tick().await;
             let Ok(rows) = client
                 .query(
-                    "SELECT relid::oid::int8, bytes_processed FROM pg_stat_progress_copy WHERE datname = $1",
+                    "SELECT relid::int8, bytes_processed FROM pg_stat_progress_copy WHERE datname = $1",
                     &[&into],
                 )
                 .await
