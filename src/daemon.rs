@@ -1291,18 +1291,26 @@ async fn follow_signing_keys(
     stop: CancellationToken,
 ) {
     let path = secrets_dir.join(auth::keys::FILE);
+    // One connection kept (as the liveness monitor does), opened again
+    // only when it broke: not a new session on the shared server (TLS
+    // handshake, SCRAM) every few seconds.
+    let mut session: Option<database::Connection> = None;
     loop {
         tokio::select! {
             () = tokio::time::sleep(KEY_FOLLOW_INTERVAL) => {}
             () = stop.cancelled() => return,
         }
-        // The liveness monitor reports an unreachable server; nothing to add here.
-        let Ok((client, conn)) = access.connect(&database).await else {
+        if session
+            .as_ref()
+            .is_none_or(|(client, _)| client.is_closed())
+        {
+            // The liveness monitor reports an unreachable server; nothing to add here.
+            session = access.connect(&database).await.ok();
+        }
+        let Some((client, _)) = &session else {
             continue;
         };
-        let shared = database::shared::fetch(&client, auth::keys::FILE).await;
-        drop(client);
-        let _ = conn.await;
+        let shared = database::shared::fetch(client, auth::keys::FILE).await;
         let Ok(Some(shared)) = shared else { continue };
         if std::fs::read_to_string(&path).is_ok_and(|local| local == shared) {
             continue;
