@@ -244,20 +244,37 @@ impl Backups {
             ..self.target()
         };
         let result = super::drill(&target, &self.store()).await;
-        let mut history = self.history.lock().expect("history lock");
-        match &result {
-            Ok(manifest) => {
-                history.last_restorable = manifest
-                    .restore_verified_at
-                    .map(|at| (at, manifest.name.clone()));
-            }
-            Err(err) => {
-                error!(error = %err, "restore drill failed");
-                history.last_drill_failure = Some((OffsetDateTime::now_utc(), err.to_string()));
+        {
+            let mut history = self.history.lock().expect("history lock");
+            match &result {
+                Ok(manifest) => {
+                    history.last_restorable = manifest
+                        .restore_verified_at
+                        .map(|at| (at, manifest.name.clone()));
+                }
+                Err(err) => {
+                    error!(error = %err, "restore drill failed");
+                    history.last_drill_failure = Some((OffsetDateTime::now_utc(), err.to_string()));
+                }
             }
         }
-        drop(history);
         self.end();
+        if let Ok(manifest) = &result {
+            let at = manifest
+                .restore_verified_at
+                .unwrap_or_else(OffsetDateTime::now_utc);
+            if let Err(err) = crate::database::jobs::record_success(
+                &self.access,
+                &self.database,
+                crate::database::jobs::DRILL,
+                at,
+                &manifest.name,
+            )
+            .await
+            {
+                warn!(error = ?err, "could not record the drill in ops.job_runs");
+            }
+        }
         result
     }
 

@@ -1,7 +1,7 @@
 //! Jobs that run once across instances, on the leader only (embedded: the
 //! one daemon always leads): when an instance starts leading, finishing an
-//! interrupted restore and the catch-up of missed scheduled runs; audit
-//! pruning.
+//! interrupted restore and the catch-up of missed scheduled runs (backups,
+//! restore drills, audit pruning); audit pruning itself.
 //!
 //! Whether a run was missed is decided from `ops.job_runs`
 //! ([`database::jobs`]), which every leader sees, and, for backups, also
@@ -28,6 +28,7 @@ pub(super) fn catch_up(access: &Access, backups: &Arc<Backups>, config: &Config)
     let (access, backups) = (access.clone(), backups.clone());
     let database = access.app_database(&config.database.name);
     let backup = Schedule::parse(&config.backup.schedule).ok().flatten();
+    let drill = Schedule::parse(&config.backup.drill).ok().flatten();
     let audit = Schedule::parse(config.audit.effective_schedule())
         .ok()
         .flatten();
@@ -49,6 +50,19 @@ pub(super) fn catch_up(access: &Access, backups: &Arc<Backups>, config: &Config)
                 }
             } else {
                 info!("no scheduled backup was missed");
+            }
+        }
+        // A drill needs a backup to restore: none yet, nothing was missed.
+        if let Some(schedule) = drill
+            && backups.store().list().is_ok_and(|list| !list.is_empty())
+        {
+            let local = backups.history().last_restorable.map(|(at, _)| at);
+            if missed(&access, &database, jobs::DRILL, &schedule, local).await {
+                info!("a scheduled restore drill was missed (or none ran yet); catching up now");
+                // A failure is logged (and kept for `status`) by `drill`.
+                if let Err(crate::backup::Error::Busy) = backups.drill().await {
+                    info!("a backup or drill is running; the drill waits for its next time");
+                }
             }
         }
         if let Some(schedule) = audit

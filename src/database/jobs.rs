@@ -1,5 +1,6 @@
 //! The last success of each job that must run once across instances
-//! (scheduled backups, audit pruning), in `ops.job_runs` (migration V4).
+//! (scheduled backups, restore drills, audit pruning), in `ops.job_runs`
+//! (migration V4).
 //!
 //! Local files cannot say whether a run was missed when several instances
 //! take turns leading: the backups of a dead leader are in its own
@@ -12,6 +13,7 @@ use super::{Access, Error, db};
 
 /// The `job` names recorded.
 pub const BACKUP: &str = "backup";
+pub const DRILL: &str = "drill";
 pub const AUDIT_PRUNE: &str = "audit_prune";
 
 /// When `job` last succeeded, if ever.

@@ -758,13 +758,47 @@ fn a_missed_scheduled_backup_is_caught_up_at_start() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(daemon.log().contains("catching up now"));
-    let status: Value =
-        serde_json::from_str(&ok_stdout(&data.cli(&["status", "--json"]))).expect("json");
+    // The weekly drill never ran either: once a backup exists, it is caught
+    // up too, and proves that backup restorable.
+    let status = || -> Value {
+        serde_json::from_str(&ok_stdout(&data.cli(&["status", "--json"]))).expect("json")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while status()["backups"]["last_verified_restorable"].is_null() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no catch-up drill: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(daemon.log().contains("restore drill was missed"));
+    let status = status();
+    assert_eq!(
+        status["backups"]["last_verified_restorable"],
+        backups(&data)[0]["name"],
+        "{status}"
+    );
     assert!(
         status["backups"]["next_scheduled"]
             .as_str()
             .is_some_and(|t| t.contains("T02:00:00")),
         "{status}"
+    );
+    // Restarted, nothing was missed since: no second drill.
+    assert!(daemon.stop().success());
+    let mut daemon = data.spawn_with_schedule(&[]);
+    daemon.wait_ready(Duration::from_secs(60));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !daemon.log().contains("no scheduled backup was missed") {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !daemon.log().contains("restore drill was missed"),
+        "{}",
+        daemon.log()
     );
     assert!(daemon.stop().success());
 }

@@ -52,14 +52,21 @@ impl DataDir {
 
     /// Starts `pagodirecto run` on this data dir (not waiting for it).
     ///
-    /// Scheduled backups are off (the default schedule would take a catch-up
-    /// backup at every first start and race what tests look at); tests of the
+    /// Scheduled backups and drills are off (the default schedules would
+    /// catch up a backup at every first start, and a drill at a restart
+    /// that finds backups, racing what tests look at); tests of the
     /// schedule use [`DataDir::spawn_with_schedule`].
     pub fn spawn(&self, extra: &[&str]) -> Daemon {
-        self.spawn_env(extra, &[("PAGODIRECTO_BACKUP__SCHEDULE", "")])
+        self.spawn_env(
+            extra,
+            &[
+                ("PAGODIRECTO_BACKUP__SCHEDULE", ""),
+                ("PAGODIRECTO_BACKUP__DRILL", ""),
+            ],
+        )
     }
 
-    /// [`DataDir::spawn`] with the built-in backup schedule.
+    /// [`DataDir::spawn`] with the built-in backup and drill schedules.
     pub fn spawn_with_schedule(&self, extra: &[&str]) -> Daemon {
         self.spawn_env(extra, &[])
     }
