@@ -1291,7 +1291,8 @@ async fn follow_signing_keys(
     stop: CancellationToken,
 ) {
     let path = secrets_dir.join(auth::keys::FILE);
-    // One connection kept (as the liveness monitor does), opened again
+    // One connection kept (as the liveness monitor and the leader lease
+    // do), opened again
     // only when it broke: not a new session on the shared server (TLS
     // handshake, SCRAM) every few seconds.
     let mut session: Option<database::Connection> = None;

@@ -4,8 +4,9 @@
 //! restore drills, audit pruning); audit pruning itself.
 //!
 //! Whether a run was missed is decided from `ops.job_runs`
-//! ([`database::jobs`]), which every leader sees, and, for backups, also
-//! from this instance's own backup directory: a new leader after a dead one
+//! ([`database::jobs`]), which every leader sees, and, for backups and
+//! drills, also from this instance's own backup directory (the backups'
+//! manifests): a new leader after a dead one
 //! catches up what neither did, and does not repeat what the dead one did.
 
 use std::sync::Arc;
