@@ -6,8 +6,8 @@
 //! Whether a run was missed is decided from `ops.job_runs`
 //! ([`database::jobs`]), which every leader sees, and, for backups and
 //! drills, also from this instance's own backup directory (the backups'
-//! manifests): a new leader after a dead one
-//! catches up what neither did, and does not repeat what the dead one did.
+//! manifests): a new leader after a dead one catches up what neither did,
+//! and does not repeat what the dead one did.
 
 use std::sync::Arc;
 use std::time::Instant;
