@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::api_support::Crm;
-use crate::support::{DataDir, Signal, ok_stdout, send, sql};
+use crate::support::{DataDir, Signal, ok_stdout, send, sql, wait_until};
 
 /// A fingerprint of the data that matters: per-table row counts and a hash
 /// of every customer row.
@@ -763,15 +763,12 @@ fn a_missed_scheduled_backup_is_caught_up_at_start() {
     let status = || -> Value {
         serde_json::from_str(&ok_stdout(&data.cli(&["status", "--json"]))).expect("json")
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while status()["backups"]["last_verified_restorable"].is_null() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no catch-up drill: {}",
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        "no catch-up drill",
+        Duration::from_secs(60),
+        || !status()["backups"]["last_verified_restorable"].is_null(),
+        || daemon.log(),
+    );
     assert!(daemon.log().contains("restore drill was missed"));
     let status = status();
     assert_eq!(
@@ -789,11 +786,12 @@ fn a_missed_scheduled_backup_is_caught_up_at_start() {
     assert!(daemon.stop().success());
     let mut daemon = data.spawn_with_schedule(&[]);
     daemon.wait_ready(Duration::from_secs(60));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !daemon.log().contains("no scheduled backup was missed") {
-        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        "no catch-up decision after the restart",
+        Duration::from_secs(30),
+        || daemon.log().contains("no scheduled backup was missed"),
+        || daemon.log(),
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         !daemon.log().contains("restore drill was missed"),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Daemon, DataDir, Signal, http_get, ok_stdout, send};
+use crate::support::{Daemon, DataDir, Signal, http_get, ok_stdout, send, wait_until};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 const ADMIN_PASSWORD: &str = "admin-secret";
@@ -280,19 +280,6 @@ fn backups(data: &DataDir) -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn wait_until(
-    what: &str,
-    within: Duration,
-    mut done: impl FnMut() -> bool,
-    context: impl Fn() -> String,
-) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}\n{}", context());
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn first_owner_password(data: &DataDir) -> String {

@@ -361,3 +361,18 @@ pub fn sql(data: &DataDir, query: &str) -> String {
     .trim()
     .to_string()
 }
+
+/// Polls `done` every 200 ms until it holds; fails with `what` and
+/// `context()` (a log, a status) after `within`.
+pub fn wait_until(
+    what: &str,
+    within: Duration,
+    mut done: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}\n{}", context());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
