@@ -77,6 +77,11 @@ pub struct StatusReport {
     #[serde(default)]
     pub leader: bool,
     pub backups: BackupReport,
+    /// The last success of each job that runs once across instances
+    /// (`ops.job_runs`: whichever instance ran it); empty when the
+    /// database could not be read.
+    #[serde(default)]
+    pub jobs: Vec<JobReport>,
     /// The latest resource sample (absent until the first one, ~5 s after start).
     pub resources: Option<ResourceReport>,
     /// The budget from `[limits]` and what enforces it.
@@ -139,6 +144,14 @@ pub struct CgroupReport {
     pub postgres_memory_peak_bytes: Option<u64>,
     /// Postgres processes the kernel killed for crossing the memory limit.
     pub postgres_oom_kills: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobReport {
+    pub job: String,
+    pub last_success_at: String,
+    /// What it did: the backup's name, the drilled backup, the rows pruned.
+    pub detail: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -1537,6 +1537,30 @@ struct StatusContext<'a> {
 }
 
 impl StatusContext<'_> {
+    /// `ops.job_runs`, read within a second: `status` must answer when
+    /// the database does not.
+    async fn job_reports(&self) -> Vec<control::JobReport> {
+        let database = self.access.app_database(&self.config.database.name);
+        let read = database::jobs::all(self.access, &database);
+        match tokio::time::timeout(Duration::from_secs(1), read).await {
+            Ok(Ok(jobs)) => jobs
+                .into_iter()
+                .map(|(job, at, detail)| control::JobReport {
+                    job,
+                    last_success_at: at
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                    detail,
+                })
+                .collect(),
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "status: cannot read ops.job_runs");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
     async fn report(&self, pg: &postgres::Status, reloader: &Reloader) -> StatusReport {
         let readiness = self.health.check().await;
         StatusReport {
@@ -1560,6 +1584,7 @@ impl StatusContext<'_> {
             external: self.external_report(),
             leader: *self.leader.borrow(),
             backups: self.backup_report(&reloader.current.config),
+            jobs: self.job_reports().await,
             config_loaded_at: time::OffsetDateTime::from(reloader.loaded_at)
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),

@@ -149,6 +149,7 @@ fn render(r: &StatusReport) -> String {
         render_embedded(&mut out, pg);
     }
     render_backups(&mut out, &r.backups);
+    render_jobs(&mut out, &r.jobs);
     render_limits(&mut out, r);
     if let Some(res) = &r.resources {
         let _ = writeln!(out, "resources");
@@ -230,6 +231,23 @@ fn render_limits(out: &mut String, r: &StatusReport) {
         l.open_files.map_or_else(|| "?".into(), |n| n.to_string()),
         if l.core_dumps { "on" } else { "off" }
     );
+}
+
+fn render_jobs(out: &mut String, jobs: &[crate::control::JobReport]) {
+    use std::fmt::Write as _;
+    if jobs.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "last runs (any instance)");
+    for j in jobs {
+        let _ = writeln!(
+            out,
+            "  {:<10} {} ({})",
+            format!("{}:", j.job),
+            j.last_success_at,
+            j.detail
+        );
+    }
 }
 
 fn render_backups(out: &mut String, b: &crate::control::BackupReport) {

@@ -38,6 +38,30 @@ pub async fn last_success(
     Ok(row?.map(|r| r.get(0)))
 }
 
+/// Every job's last success and what it did (`detail`), by job name.
+pub async fn all(
+    access: &Access,
+    database: &str,
+) -> Result<Vec<(String, OffsetDateTime, String)>, Error> {
+    let (client, conn) = access
+        .connect(database)
+        .await
+        .map_err(db("connecting to read the job history"))?;
+    let rows = client
+        .query(
+            "SELECT job, last_success, coalesce(detail, '') FROM ops.job_runs ORDER BY job",
+            &[],
+        )
+        .await
+        .map_err(db("reading the job history (ops.job_runs)"));
+    drop(client);
+    let _ = conn.await;
+    Ok(rows?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
 /// Records a success of `job` at `at` (`detail`: what it did). A record
 /// never goes back in time, so a late writer cannot hide a newer run.
 pub async fn record_success(

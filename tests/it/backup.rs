@@ -771,11 +771,24 @@ fn a_missed_scheduled_backup_is_caught_up_at_start() {
     );
     assert!(daemon.log().contains("restore drill was missed"));
     let status = status();
+    let newest = backups(&data)[0]["name"].clone();
     assert_eq!(
-        status["backups"]["last_verified_restorable"],
-        backups(&data)[0]["name"],
+        status["backups"]["last_verified_restorable"], newest,
         "{status}"
     );
+    // Both runs are in the record every instance reads, and status shows it.
+    for job in ["backup", "drill"] {
+        assert!(
+            status["jobs"]
+                .as_array()
+                .expect("jobs")
+                .iter()
+                .any(|j| j["job"] == job && j["detail"] == newest),
+            "{job}: {status}"
+        );
+    }
+    let text = ok_stdout(&data.cli(&["status"]));
+    assert!(text.contains("last runs (any instance)"), "{text}");
     assert!(
         status["backups"]["next_scheduled"]
             .as_str()

@@ -412,6 +412,20 @@ fn two_instances_share_one_external_database() {
     );
     assert!(backups(follower_data).is_empty(), "{}", follower.log());
     assert!(follower.log().contains("left to the leading instance"));
+    // The follower's status shows the leader's last backup (ops.job_runs).
+    let recorded = status(follower_data)["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .find(|j| j["job"] == "backup")
+        .and_then(|j| j["detail"].as_str().map(|d| format!("{d}.json")))
+        .expect("a backup in the follower's status");
+    assert!(
+        backups(leader_data)
+            .iter()
+            .any(|b| b.file_name().is_some_and(|f| *f == *recorded)),
+        "{recorded} is not among the leader's backups"
+    );
     let metrics = http_get(follower.addr.as_deref().expect("addr"), "/metrics")
         .expect("metrics")
         .1;
