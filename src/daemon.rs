@@ -1562,7 +1562,11 @@ impl StatusContext<'_> {
     }
 
     async fn report(&self, pg: &postgres::Status, reloader: &Reloader) -> StatusReport {
+        // Every await before the report is built: a `watch` borrow (the
+        // leader flag) held across an await would block its sender.
         let readiness = self.health.check().await;
+        let jobs = self.job_reports().await;
+        let leader = *self.leader.borrow();
         StatusReport {
             version: crate::update::VERSION.to_string(),
             pid: std::process::id(),
@@ -1582,9 +1586,9 @@ impl StatusContext<'_> {
                 .collect(),
             postgres: self.postgres_report(pg),
             external: self.external_report(),
-            leader: *self.leader.borrow(),
+            leader,
             backups: self.backup_report(&reloader.current.config),
-            jobs: self.job_reports().await,
+            jobs,
             config_loaded_at: time::OffsetDateTime::from(reloader.loaded_at)
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
