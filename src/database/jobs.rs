@@ -22,20 +22,10 @@ pub async fn last_success(
     database: &str,
     job: &str,
 ) -> Result<Option<OffsetDateTime>, Error> {
-    let (client, conn) = access
-        .connect(database)
-        .await
-        .map_err(db("connecting to read the job history"))?;
-    let row = client
-        .query_opt(
-            "SELECT last_success FROM ops.job_runs WHERE job = $1",
-            &[&job],
-        )
-        .await
-        .map_err(db("reading the job history (ops.job_runs)"));
-    drop(client);
-    let _ = conn.await;
-    Ok(row?.map(|r| r.get(0)))
+    Ok(all(access, database)
+        .await?
+        .into_iter()
+        .find_map(|(name, at, _)| (name == job).then_some(at)))
 }
 
 /// Every job's last success and what it did (`detail`), by job name.
