@@ -876,12 +876,16 @@ fn old_audit_rows_are_pruned_by_the_leader_alone() {
         real
     );
     // One instance pruned (and said how many rows went); the other left it.
-    assert!(
-        leader
-            .log()
-            .contains("audit log pruned: 7 rows older than 30 days deleted"),
-        "{}",
-        leader.log()
+    // The line is written after the DELETE commits, so it may trail the count.
+    wait_until(
+        "the leader says how many rows it pruned",
+        Duration::from_secs(10),
+        || {
+            leader
+                .log()
+                .contains("audit log pruned: 7 rows older than 30 days deleted")
+        },
+        || leader.log(),
     );
     wait_until(
         "the follower leaves pruning to the leader",
