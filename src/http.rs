@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderMap, Method, Uri};
 use axum::routing::get;
 use utoipa::OpenApi as _;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -151,6 +150,7 @@ pub fn router(state: AppState) -> Router {
 /// directory in dev mode). An argument rather than an `AppState` field: the
 /// handlers never need it, only the fallback does.
 pub fn router_with_assets(state: AppState, assets: assets::Assets) -> Router {
+    let edge = state.edge.clone();
     let (api, openapi) = api();
     let openapi = Arc::new(openapi);
     // JSON is compressed per response (br, gzip or zstd, by Accept-Encoding);
@@ -171,18 +171,26 @@ pub fn router_with_assets(state: AppState, assets: assets::Assets) -> Router {
         .route("/metrics", get(metrics))
         .route("/actuator/prometheus", get(metrics))
         .merge(json)
-        // Everything else is the web app; `assets::serve` keeps the API's
-        // problem+json 404 for unknown paths under the daemon's own prefixes.
-        .fallback(move |method: Method, uri: Uri, headers: HeaderMap| {
-            let assets = assets.clone();
-            async move { assets::serve(&assets, &method, &uri, &headers).await }
-        })
         // The edge limits bodies (`[server] max_body`, changeable live).
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
             state.edge.clone(),
             edge::edge,
         ))
+        // Everything else is the web app, added after the layers: the edge
+        // runs around `assets::serve` itself, without the middleware's
+        // machinery and request timer, which cost more than serving a file.
+        // `assets::serve` keeps the API's problem+json 404 for unknown paths
+        // under the daemon's own prefixes.
+        .fallback_service(tower::service_fn(move |req: axum::extract::Request| {
+            let (edge, assets) = (edge.clone(), assets.clone());
+            async move {
+                let serve = |req: axum::extract::Request, _timeout| async move {
+                    assets::serve(&assets, req.method(), req.uri(), req.headers()).await
+                };
+                Ok::<_, std::convert::Infallible>(edge.handle(req, serve).await)
+            }
+        }))
         .with_state(state)
 }
 

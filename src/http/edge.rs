@@ -4,9 +4,11 @@
 //! concurrency limit that sheds load (never the probes) instead of queueing,
 //! a request timeout, and security headers (HSTS with TLS) on every response.
 //!
-//! One middleware ([`edge`]) so the order is explicit: id → log span (API) →
-//! rate limit → CORS preflight → body limit → concurrency → timeout →
-//! handler → headers. Everything it enforces comes from `[server]` and is
+//! One function ([`Edge::handle`]) so the order is explicit: id → log span
+//! (API) → rate limit → CORS preflight → body limit → concurrency → timeout →
+//! handler → headers. The router's middleware ([`edge`]) runs it around
+//! every routed handler; the web app's files run it around
+//! `assets::serve`, outside the router's layers. Everything it enforces comes from `[server]` and is
 //! replaced by [`Edge::update`] on a config reload.
 //!
 //! CORS is done here rather than with tower-http's layer: that one answers
@@ -252,102 +254,120 @@ fn is_rate_limited(path: &str) -> bool {
     path.starts_with("/api/") || path == "/openapi.json"
 }
 
-pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
-        .get(&REQUEST_ID)
-        .filter(|v| {
-            v.len() <= 128
-                && v.to_str()
-                    .is_ok_and(|s| s.chars().all(|c| c.is_ascii_graphic()))
-        })
-        .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-                .expect("a uuid is a valid header")
-        });
-    req.headers_mut().insert(REQUEST_ID, id.clone());
-    let path = req.uri().path().to_string();
-    let method = req.method().clone();
-    let matched = req.extensions().get::<MatchedPath>().cloned();
-    let api = is_rate_limited(&path);
-    // What an API request logs on its way (database errors, auth failures)
-    // carries its id through this span. The rest (the web app's files, the
-    // probes, /metrics) log nothing but the access line, which names the
-    // request itself: no span for them (creating, formatting and entering
-    // one was a measurable part of serving a small file).
-    let span = if api {
-        tracing::info_span!("request", request_id = %id.to_str().unwrap_or(""), method = %method, path = %path)
-    } else {
-        tracing::Span::none()
-    };
-    let started = Instant::now();
-    let limits = edge.limits();
-    let client = limits.client(&req);
-    let origin = limits.allowed_origin(&req);
+/// The edge as router middleware: everything the router routes passes
+/// here, with the request timeout around the handler.
+pub async fn edge(State(edge): State<Arc<Edge>>, req: Request, next: Next) -> Response {
+    edge.handle(req, |req, timeout| run_with_timeout(next, req, timeout))
+        .await
+}
 
-    let mut response = async {
-        if let Some(ip) = client.filter(|_| api) {
-            let limiter = if path.starts_with("/api/v1/auth/") {
-                &limits.auth_limiter
-            } else {
-                &limits.limiter
-            };
-            if let Err(not_until) = limiter.check_key(&ip) {
-                let wait = not_until.wait_time_from(edge.clock.now());
-                if let (true, total) = count(&edge.limited) {
-                    tracing::warn!(%ip, total, "rate limited (logged once per {LOG_EVERY})");
-                }
-                return ApiError::TooManyRequests {
-                    detail: "too many requests from this address; slow down".into(),
-                    retry_after: wait.as_secs().max(1),
-                }
-                .into_response();
-            }
-        }
-        if let Some(preflight) = limits.preflight(&req) {
-            return preflight;
-        }
-        if let Some(too_large) = limits.limit_body(&mut req) {
-            return too_large;
-        }
-        // Shed, don't queue: past the limit a request gets 503 at once, so a
-        // burst cannot pile up latency for everyone.
-        let Ok(_permit) = limits.in_flight.try_acquire() else {
-            if is_probe(&path) {
-                // Monitoring must see the daemon as it is, not as shed.
-                return run_with_timeout(next, req, limits.timeout).await;
-            }
-            if let (true, total) = count(&edge.shed) {
-                tracing::warn!(
-                    total,
-                    "over the concurrency limit; shedding (logged once per {LOG_EVERY})"
-                );
-            }
-            return ApiError::Overloaded.into_response();
+impl Edge {
+    /// Everything the edge does, in the module header's order, around
+    /// `handler`, which gets the request and the timeout it is held to. The
+    /// router's middleware ([`edge`]) passes the routed handler; the web
+    /// app's files, which the router does not route (`http::router`), pass
+    /// `assets::serve`, which never waits (no timer to arm per file).
+    pub async fn handle<F, Fut>(&self, mut req: Request, handler: F) -> Response
+    where
+        F: FnOnce(Request, Duration) -> Fut,
+        Fut: std::future::Future<Output = Response>,
+    {
+        let id = req
+            .headers()
+            .get(&REQUEST_ID)
+            .filter(|v| {
+                v.len() <= 128
+                    && v.to_str()
+                        .is_ok_and(|s| s.chars().all(|c| c.is_ascii_graphic()))
+            })
+            .cloned()
+            .unwrap_or_else(|| {
+                HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                    .expect("a uuid is a valid header")
+            });
+        req.headers_mut().insert(REQUEST_ID, id.clone());
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        let matched = req.extensions().get::<MatchedPath>().cloned();
+        let api = is_rate_limited(&path);
+        // What an API request logs on its way (database errors, auth failures)
+        // carries its id through this span. The rest (the web app's files, the
+        // probes, /metrics) log nothing but the access line, which names the
+        // request itself: no span for them (creating, formatting and entering
+        // one was a measurable part of serving a small file).
+        let span = if api {
+            tracing::info_span!("request", request_id = %id.to_str().unwrap_or(""), method = %method, path = %path)
+        } else {
+            tracing::Span::none()
         };
-        run_with_timeout(next, req, limits.timeout).await
-    }
-    .instrument(span)
-    .await;
+        let started = Instant::now();
+        let limits = self.limits();
+        let client = limits.client(&req);
+        let origin = limits.allowed_origin(&req);
 
-    limits.decorate(response.headers_mut(), id.clone(), origin);
-    edge.requests.record(
-        route_label(matched.as_ref(), response.status()),
-        &method,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    tracing::info!(
-        target: crate::logging::ACCESS_TARGET,
-        request_id = %id.to_str().unwrap_or(""),
-        method = %method,
-        path = %path,
-        status = response.status().as_u16(),
-        ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        "request"
-    );
-    response
+        let mut response = async {
+            if let Some(ip) = client.filter(|_| api) {
+                let limiter = if path.starts_with("/api/v1/auth/") {
+                    &limits.auth_limiter
+                } else {
+                    &limits.limiter
+                };
+                if let Err(not_until) = limiter.check_key(&ip) {
+                    let wait = not_until.wait_time_from(self.clock.now());
+                    if let (true, total) = count(&self.limited) {
+                        tracing::warn!(%ip, total, "rate limited (logged once per {LOG_EVERY})");
+                    }
+                    return ApiError::TooManyRequests {
+                        detail: "too many requests from this address; slow down".into(),
+                        retry_after: wait.as_secs().max(1),
+                    }
+                    .into_response();
+                }
+            }
+            if let Some(preflight) = limits.preflight(&req) {
+                return preflight;
+            }
+            if let Some(too_large) = limits.limit_body(&mut req) {
+                return too_large;
+            }
+            // Shed, don't queue: past the limit a request gets 503 at once, so a
+            // burst cannot pile up latency for everyone.
+            let Ok(_permit) = limits.in_flight.try_acquire() else {
+                if is_probe(&path) {
+                    // Monitoring must see the daemon as it is, not as shed.
+                    return handler(req, limits.timeout).await;
+                }
+                if let (true, total) = count(&self.shed) {
+                    tracing::warn!(
+                        total,
+                        "over the concurrency limit; shedding (logged once per {LOG_EVERY})"
+                    );
+                }
+                return ApiError::Overloaded.into_response();
+            };
+            handler(req, limits.timeout).await
+        }
+        .instrument(span)
+        .await;
+
+        limits.decorate(response.headers_mut(), id.clone(), origin);
+        self.requests.record(
+            route_label(matched.as_ref(), response.status()),
+            &method,
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+        tracing::info!(
+            target: crate::logging::ACCESS_TARGET,
+            request_id = %id.to_str().unwrap_or(""),
+            method = %method,
+            path = %path,
+            status = response.status().as_u16(),
+            ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "request"
+        );
+        response
+    }
 }
 
 /// The handler, answered 503 when it takes longer than `timeout`.

@@ -133,8 +133,14 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(self, stream: TcpStream, peer: SocketAddr) {
+    async fn run(mut self, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
+        // A connection checks both tokens each time it is polled, and a
+        // token's state sits behind a mutex: per-connection children keep
+        // those locks uncontended (a shared one was taken by every request
+        // on both workers).
+        self.stop = self.stop.child_token();
+        self.kill = self.kill.child_token();
         let kill = self.kill.clone();
         let work = async move {
             match self.tls.clone() {
