@@ -43,6 +43,10 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' da
      style-src 'self'; script-src 'self'; connect-src 'self'; font-src 'self'; \
      object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
+/// About how many headers a file's response carries once the edge added
+/// its own (request id, security headers, CORS).
+const RESPONSE_HEADERS: usize = 20;
+
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 const REVALIDATE: &str = "no-cache";
 
@@ -162,19 +166,20 @@ fn etag(hash: &str, suffix: &str) -> HeaderValue {
 }
 
 /// The lower-cased extension of the last segment of `name`, or "".
-fn extension(name: &str) -> String {
+/// The extension as written (compare it ignoring case).
+fn extension(name: &str) -> &str {
     let last = name.rsplit('/').next().unwrap_or(name);
-    last.rsplit_once('.')
-        .map_or_else(String::new, |(_, ext)| ext.to_ascii_lowercase())
+    last.rsplit_once('.').map_or("", |(_, ext)| ext)
 }
 
 /// A precompressed copy, served only in place of its original.
 fn is_variant(name: &str) -> bool {
-    matches!(extension(name).as_str(), "br" | "gz")
+    let ext = extension(name);
+    ext.eq_ignore_ascii_case("br") || ext.eq_ignore_ascii_case("gz")
 }
 
 fn is_html(name: &str) -> bool {
-    extension(name) == "html"
+    extension(name).eq_ignore_ascii_case("html")
 }
 
 /// Vite puts hashed files, and only those, under `assets/`.
@@ -187,7 +192,7 @@ fn cache_control(name: &str) -> &'static str {
 }
 
 fn content_type(name: &str) -> &'static str {
-    match extension(name).as_str() {
+    match extension(name).to_ascii_lowercase().as_str() {
         "html" => "text/html; charset=utf-8",
         "js" | "mjs" => "text/javascript; charset=utf-8",
         "css" => "text/css; charset=utf-8",
@@ -280,8 +285,13 @@ fn is_client_route(name: &str) -> bool {
 }
 
 fn reserved(path: &str) -> bool {
+    path.strip_prefix('/').is_some_and(reserved_name)
+}
+
+/// [`reserved`] for a path without its leading `/` (a decoded file name).
+fn reserved_name(name: &str) -> bool {
     RESERVED.iter().any(|prefix| {
-        path.strip_prefix(prefix)
+        name.strip_prefix(&prefix[1..])
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     })
 }
@@ -347,7 +357,7 @@ pub async fn serve(assets: &Assets, method: &Method, uri: &Uri, headers: &Header
     }
     let name = match file_name(path) {
         // `/%61pi/…` decodes to an API path: it is not the app's either.
-        Ok(name) if reserved(&format!("/{name}")) => {
+        Ok(name) if reserved_name(&name) => {
             return ApiError::NotFound("route").into_response();
         }
         Ok(name) => name,
@@ -355,17 +365,17 @@ pub async fn serve(assets: &Assets, method: &Method, uri: &Uri, headers: &Header
         Err(Refused::NotFound) => return plain(StatusCode::NOT_FOUND, "not found\n"),
     };
     let name = if is_client_route(&name) {
-        "index.html".to_string()
+        "index.html"
     } else {
-        name
+        &name
     };
     let head = method == Method::HEAD;
     match &*assets.0 {
-        Source::Embedded(index) => match index.files.get(&name) {
+        Source::Embedded(index) => match index.files.get(name) {
             Some(file) => respond(file, headers, head),
             None => plain(StatusCode::NOT_FOUND, "not found\n"),
         },
-        Source::Dir(dir) => match read_from_dir(dir, &name).await {
+        Source::Dir(dir) => match read_from_dir(dir, name).await {
             Some(file) => respond(&file, headers, head),
             None => plain(StatusCode::NOT_FOUND, "not found\n"),
         },
@@ -417,6 +427,9 @@ fn respond(file: &File, headers: &HeaderMap, head: bool) -> Response {
         Response::new(Body::from(variant.bytes.clone()))
     };
     let out = response.headers_mut();
+    // Room for these and the edge's headers at once, instead of growing
+    // the map on the way.
+    out.reserve(RESPONSE_HEADERS);
     out.insert(header::ETAG, variant.etag.clone());
     out.insert(header::CACHE_CONTROL, file.cache_control.clone());
     out.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));

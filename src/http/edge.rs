@@ -220,6 +220,10 @@ impl Limits {
     /// otherwise the body is cut off at the limit as it is read (chunked
     /// uploads), which extractors report as 413 too.
     fn limit_body(&self, req: &mut Request) -> Option<Response> {
+        if axum::body::HttpBody::is_end_stream(req.body()) {
+            // No body at all (a GET, mostly): nothing to limit.
+            return None;
+        }
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -282,8 +286,9 @@ impl Edge {
             })
             .cloned()
             .unwrap_or_else(|| {
-                HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-                    .expect("a uuid is a valid header")
+                let mut id = [0; uuid::fmt::Hyphenated::LENGTH];
+                let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id);
+                HeaderValue::from_str(id).expect("a uuid is a valid header")
             });
         req.headers_mut().insert(REQUEST_ID, id.clone());
         let path = req.uri().path().to_string();
