@@ -9,17 +9,19 @@
 #   cargo build --release
 #   benches/web-vs-nginx.sh [BIN]        # default target/release/pagodirecto
 #
-# Env: DURATION (s, default 10), CONNECTIONS (64), THREADS (2), ROUNDS (3:
-# the servers take turns, and the median round is reported). Everything runs
+# Env: DURATION (s, default 5), CONNECTIONS (64), THREADS (2), ROUNDS (7:
+# the servers take turns, and the median round is reported; on a 2-core VM
+# single rounds of either server move by ±15 %, so few rounds decide
+# nothing). Everything runs
 # on 127.0.0.1 and stops by itself; the daemon gets SIGTERM, nginx SIGQUIT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=${1:-${CARGO_TARGET_DIR:-target}/release/pagodirecto}
-DURATION=${DURATION:-10}
+DURATION=${DURATION:-5}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-7}
 
 for tool in nginx wrk curl; do
     command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install nginx wrk curl)" >&2; exit 1; }

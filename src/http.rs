@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod edge;
+pub mod sendfile;
 pub mod server;
 pub mod tls;
 pub mod assets;

@@ -153,7 +153,8 @@ impl Connection {
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
                 }
-                None => self.http(stream, peer).await,
+                // Plain TCP: the web app's files go out by sendfile(2).
+                None => self.http(super::sendfile::Stream::new(stream), peer).await,
             }
         };
         tokio::select! {

@@ -492,3 +492,144 @@ fn wait_insecure(daemon: &mut Daemon) -> String {
     }
     panic!("not ready over https\n{}", daemon.log());
 }
+
+/// The web app's files leave plain-TCP connections by `sendfile(2)` from a
+/// sealed in-memory copy: every file and precompressed variant must arrive
+/// byte for byte as built — over HTTP/1.1 with many requests pipelined
+/// behind a reader that falls behind (so sends end part-way and resume),
+/// and over HTTP/2 without TLS.
+#[test]
+fn the_web_apps_files_arrive_byte_for_byte_over_plain_tcp() {
+    let data = DataDir::new();
+    let mut daemon = data.spawn(&[]);
+    daemon.wait_ready(Duration::from_secs(60));
+    let addr = daemon.addr.clone().expect("ready");
+    let addr = addr.trim();
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/dist");
+    let mut files = Vec::new();
+    let mut dirs = vec![dist.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("dist") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    // (request path, Accept-Encoding, the bytes that must arrive)
+    let mut expected: Vec<(String, &str, Vec<u8>)> = Vec::new();
+    for file in &files {
+        let name = file
+            .strip_prefix(&dist)
+            .expect("in dist")
+            .to_str()
+            .expect("utf8");
+        let (original, encoding) = match name.rsplit_once('.') {
+            Some((original, "br")) => (original, "br"),
+            Some((original, "gz")) => (original, "gzip"),
+            _ => (name, "identity"),
+        };
+        expected.push((
+            format!("/{original}"),
+            encoding,
+            std::fs::read(file).expect("read"),
+        ));
+    }
+    assert!(
+        expected
+            .iter()
+            .any(|(_, e, b)| *e == "br" && b.len() > 50_000)
+    );
+
+    // HTTP/1.1: every variant ten times on one connection (~4 MB, more
+    // than the socket buffers hold), all requests sent before a byte is read.
+    let stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let rounds = 10;
+    let mut requests = Vec::new();
+    for _ in 0..rounds {
+        for (path, encoding, _) in &expected {
+            requests.extend(
+                format!(
+                    "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept-Encoding: {encoding}\r\n\r\n"
+                )
+                .bytes(),
+            );
+        }
+    }
+    let writer = {
+        let mut stream = stream.try_clone().expect("clone");
+        std::thread::spawn(move || stream.write_all(&requests).expect("send"))
+    };
+    // Let the daemon fill the socket buffers before reading anything.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut reader = std::io::BufReader::new(stream);
+    for round in 0..rounds {
+        for (path, encoding, bytes) in &expected {
+            let (status, headers, body) = read_response(&mut reader);
+            assert_eq!(status, 200, "{path} ({encoding}), round {round}");
+            let coding = headers
+                .iter()
+                .find(|(k, _)| k == "content-encoding")
+                .map_or("identity", |(_, v)| v.as_str());
+            assert_eq!(coding, *encoding, "{path}");
+            assert!(
+                body == *bytes,
+                "{path} ({encoding}): the body differs from the build"
+            );
+        }
+    }
+    writer.join().expect("writer");
+
+    // HTTP/2 without TLS (prior knowledge): the same bytes.
+    let h2 = Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    for (path, encoding, bytes) in &expected {
+        let res = h2
+            .get(format!("http://{addr}{path}"))
+            .header("accept-encoding", *encoding)
+            .send()
+            .expect("h2c");
+        assert_eq!(res.version(), reqwest::Version::HTTP_2);
+        assert!(
+            res.bytes().expect("body") == *bytes,
+            "{path} ({encoding}) over h2c"
+        );
+    }
+    assert!(daemon.stop().success());
+}
+
+/// One HTTP/1.1 response with a `Content-Length` body.
+fn read_response(reader: &mut impl std::io::BufRead) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("status line");
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("header");
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let (name, value) = header.split_once(':').expect("header line");
+        headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let length: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map_or(0, |(_, v)| v.parse().expect("length"));
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).expect("body");
+    (status, headers, body)
+}
