@@ -10,9 +10,17 @@
 #   benches/web-vs-nginx.sh [BIN]        # default target/release/pagodirecto
 #
 # Env: DURATION (s, default 5), CONNECTIONS (64), THREADS (2), ROUNDS (7:
-# the servers take turns, and the median round is reported; on a 2-core VM
-# single rounds of either server move by ±15 %, so few rounds decide
-# nothing). Everything runs
+# the servers take turns, and the median round is reported), FRESH (1: each
+# round gets a newly started daemon and nginx's files evicted from the page
+# cache, see below; 0 keeps one daemon and nginx's cached files throughout).
+#
+# Why FRESH: on the 2-core VM this was measured on, a server's rate on the JS
+# bundle settles into one of two levels and stays there: nginx's rounds sit
+# at ~34k or ~40k requests/s depending on where its files landed in the page
+# cache (measured by evicting them between rounds); the daemon's at ~24k or
+# ~40–44k for a whole process lifetime (cause not known yet; the placement
+# of its in-memory copy is one candidate). One draw per run decides the
+# ratio by luck; a new draw per round, and the median, less so. Everything runs
 # on 127.0.0.1 and stops by itself; the daemon gets SIGTERM, nginx SIGQUIT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,19 +51,28 @@ trap cleanup EXIT
 cp -r assets/dist "$work/dist"
 chmod -R a+rX "$work/dist"
 
-# The daemon, on its own data dir and a free port.
+# The daemon, on its own data dir and a free port (the same data dir when
+# started again: a restart, not a first start).
 mkdir "$work/data"
-PAGODIRECTO_BACKUP__SCHEDULE="" "$BIN" run --data-dir "$work/data" --listen 127.0.0.1:0 \
-    >"$work/daemon.log" 2>&1 &
-daemon_pid=$!
-for _ in $(seq 600); do
-    if [ -f "$work/data/run/http.addr" ] && curl -sf "http://$(cat "$work/data/run/http.addr")/ready" >/dev/null; then
-        break
-    fi
-    kill -0 "$daemon_pid" 2>/dev/null || { cat "$work/daemon.log" >&2; exit 1; }
-    sleep 0.2
-done
-daemon_url="http://$(cat "$work/data/run/http.addr")"
+start_daemon() {
+    rm -f "$work/data/run/http.addr"
+    PAGODIRECTO_BACKUP__SCHEDULE="" PAGODIRECTO_BACKUP__DRILL="" \
+        "$BIN" run --data-dir "$work/data" --listen 127.0.0.1:0 >>"$work/daemon.log" 2>&1 &
+    daemon_pid=$!
+    for _ in $(seq 600); do
+        if [ -f "$work/data/run/http.addr" ] && curl -sf "http://$(cat "$work/data/run/http.addr")/ready" >/dev/null; then
+            break
+        fi
+        kill -0 "$daemon_pid" 2>/dev/null || { cat "$work/daemon.log" >&2; exit 1; }
+        sleep 0.2
+    done
+    daemon_url="http://$(cat "$work/data/run/http.addr")"
+}
+stop_daemon() {
+    kill -TERM "$daemon_pid" && wait "$daemon_pid" || true
+    daemon_pid=
+}
+start_daemon
 
 # nginx like the old frontend: static files, gzip_static, immutable hashed
 # assets, no-cache index.html with the SPA fallback. keepalive_requests is
@@ -146,12 +163,31 @@ measure() {
 
 median() { sort -n | awk '{ a[NR] = $0 } END { print a[int((NR + 1) / 2)] }'; }
 
+# nginx rereads evicted files into newly allocated page-cache pages.
+evict_nginx_files() {
+    python3 -c '
+import os, sys
+for root, _, files in os.walk(sys.argv[1]):
+    for name in files:
+        fd = os.open(os.path.join(root, name), os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)' "$work/dist"
+}
+
 printf '\n%-28s %-8s %12s %10s %14s\n' "file" "server" "requests/s" "p99 ms" "req/CPU-s"
 for target in "/" "/$largest"; do
     name=$([ "$target" = "/" ] && echo "index.html" || basename "$target")
     : >"$work/daemon.runs"
     : >"$work/nginx.runs"
     for _ in $(seq "$ROUNDS"); do
+        if [ "${FRESH:-1}" = 1 ]; then
+            stop_daemon
+            start_daemon
+            evict_nginx_files
+            # One request each, so neither round starts cold.
+            curl -s -o /dev/null -H 'Accept-Encoding: br, gzip' "$daemon_url$target"
+            curl -s -o /dev/null -H 'Accept-Encoding: br, gzip' "$nginx_url$target"
+        fi
         measure "$daemon_url$target" "$daemon_pid" >>"$work/daemon.runs"
         measure "$nginx_url$target" "$nginx_pid" >>"$work/nginx.runs"
     done

@@ -10,7 +10,6 @@
 
 pub mod api;
 pub mod edge;
-pub mod sendfile;
 pub mod server;
 pub mod tls;
 pub mod assets;

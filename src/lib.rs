@@ -98,9 +98,7 @@
 //!   sockets (plain or TLS, header read timeout, drain); `http::tls` the
 //!   rustls setup and the reloadable certificate; `http::assets` serves the
 //!   web app (`assets/dist`, embedded at compile time) as the fallback,
-//!   through the edge but outside the router's layers; `http::sendfile`
-//!   keeps those files in a sealed memfd and sends them from it with
-//!   `sendfile(2)` on plain-TCP connections.
+//!   through the edge but outside the router's layers.
 //! - [`control`]: the control socket protocol (server and client).
 //! - [`logging`]: tracing to stderr and daily files (the per-request access
 //!   lines to the files only, in batches, ≤ 50 ms late); reading them back.

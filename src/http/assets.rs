@@ -146,42 +146,7 @@ impl Index {
                 },
             );
         }
-        let mut index = Self { files };
-        index.share();
-        index
-    }
-
-    /// Moves every variant's bytes into one region that plain-TCP
-    /// connections send with `sendfile` ([`super::sendfile`]). Without
-    /// one, each variant keeps its embedded bytes.
-    fn share(&mut self) {
-        let variants = || {
-            self.files
-                .values()
-                .flat_map(|f| [Some(&f.identity), f.br.as_ref(), f.gzip.as_ref()])
-                .flatten()
-        };
-        let mut blob = Vec::with_capacity(variants().map(|v| v.bytes.len()).sum());
-        for variant in variants() {
-            blob.extend_from_slice(&variant.bytes);
-        }
-        let Some(mut shared) = super::sendfile::share(&blob) else {
-            return;
-        };
-        for file in self.files.values_mut() {
-            for variant in [
-                Some(&mut file.identity),
-                file.br.as_mut(),
-                file.gzip.as_mut(),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                let (bytes, rest) = shared.split_at(variant.bytes.len());
-                variant.bytes = Bytes::from_static(bytes);
-                shared = rest;
-            }
-        }
+        Self { files }
     }
 }
 

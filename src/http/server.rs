@@ -153,8 +153,7 @@ impl Connection {
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
                 }
-                // Plain TCP: the web app's files go out by sendfile(2).
-                None => self.http(super::sendfile::Stream::new(stream), peer).await,
+                None => self.http(stream, peer).await,
             }
         };
         tokio::select! {

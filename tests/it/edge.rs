@@ -493,11 +493,10 @@ fn wait_insecure(daemon: &mut Daemon) -> String {
     panic!("not ready over https\n{}", daemon.log());
 }
 
-/// The web app's files leave plain-TCP connections by `sendfile(2)` from a
-/// sealed in-memory copy: every file and precompressed variant must arrive
-/// byte for byte as built — over HTTP/1.1 with many requests pipelined
-/// behind a reader that falls behind (so sends end part-way and resume),
-/// and over HTTP/2 without TLS.
+/// Every file of the web app and each precompressed variant arrives byte
+/// for byte as built — over HTTP/1.1 with many requests pipelined behind a
+/// reader that falls behind (so writes end part-way and resume), and over
+/// HTTP/2 without TLS.
 #[test]
 fn the_web_apps_files_arrive_byte_for_byte_over_plain_tcp() {
     let data = DataDir::new();
