@@ -165,8 +165,8 @@ fn etag(hash: &str, suffix: &str) -> HeaderValue {
         .expect("hex and quotes are a valid header")
 }
 
-/// The lower-cased extension of the last segment of `name`, or "".
-/// The extension as written (compare it ignoring case).
+/// The extension of the last segment of `name` as written, or "" (compare
+/// it ignoring case).
 fn extension(name: &str) -> &str {
     let last = name.rsplit('/').next().unwrap_or(name);
     last.rsplit_once('.').map_or("", |(_, ext)| ext)

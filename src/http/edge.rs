@@ -7,9 +7,9 @@
 //! One function ([`Edge::handle`]) so the order is explicit: id → log span
 //! (API) → rate limit → CORS preflight → body limit → concurrency → timeout →
 //! handler → headers. The router's middleware ([`edge`]) runs it around
-//! every routed handler; the web app's files run it around
-//! `assets::serve`, outside the router's layers. Everything it enforces comes from `[server]` and is
-//! replaced by [`Edge::update`] on a config reload.
+//! every routed handler; the web app's files run it around `assets::serve`,
+//! outside the router's layers. Everything it enforces comes from `[server]`
+//! and is replaced by [`Edge::update`] on a config reload.
 //!
 //! CORS is done here rather than with tower-http's layer: that one answers
 //! every `OPTIONS` as a preflight (with the allowed methods and headers)
