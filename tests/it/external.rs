@@ -981,7 +981,8 @@ fn offline_cli_commands_work_on_the_external_database() {
         "first password here\n",
     ));
     assert!(out.contains("bo@acme.org"), "{out}");
-    let (_, daemon) = instance(&pg, false);
+    // Bound, not `_`: the data dir must outlive the daemon that writes in it.
+    let (_daemon_data, daemon) = instance(&pg, false);
     login(&base(&daemon), "bo@acme.org", "first password here");
 
     // sslmode = require against a server without TLS: refused, saying why.
