@@ -17,11 +17,13 @@
 # Why FRESH: on the 2-core VM this was measured on, a server's rate on the JS
 # bundle settles into one of two levels and stays there: nginx's rounds sit
 # at ~34k or ~40k requests/s depending on where its files landed in the page
-# cache (measured by evicting them between rounds); the daemon's at ~24k or
-# ~40–44k for a whole process lifetime (cause not known yet; the placement
-# of its in-memory copy is one candidate). One draw per run decides the
-# ratio by luck; a new draw per round, and the median, less so. Everything runs
-# on 127.0.0.1 and stops by itself; the daemon gets SIGTERM, nginx SIGQUIT.
+# cache (measured by evicting them between rounds); the daemon's at ~24–29k
+# or ~37–43k for a whole process lifetime (cause not known yet). One draw per
+# run decides the ratio by luck; a new draw per round, and the median, less
+# so. See docs/web-benchmark.md, last section.
+#
+# Everything runs on 127.0.0.1 and stops by itself; the daemon gets SIGTERM,
+# nginx SIGQUIT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +32,7 @@ DURATION=${DURATION:-5}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-7}
+FRESH=${FRESH:-1}
 
 for tool in nginx wrk curl; do
     command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install nginx wrk curl)" >&2; exit 1; }
@@ -180,7 +183,7 @@ for target in "/" "/$largest"; do
     : >"$work/daemon.runs"
     : >"$work/nginx.runs"
     for _ in $(seq "$ROUNDS"); do
-        if [ "${FRESH:-1}" = 1 ]; then
+        if [ "$FRESH" = 1 ]; then
             stop_daemon
             start_daemon
             evict_nginx_files
